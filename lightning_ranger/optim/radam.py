@@ -1,0 +1,522 @@
+"""Rectified Adam (Liu et al., ICLR 2020, Algorithm 2): the optimizer class and its functional step.
+
+The class validates arguments and gathers tensors; :func:`radam` does the math and dispatches to
+one of three implementations, as ``torch.optim`` does:
+
+- *fused*: one pass over ``p, g, m, v`` with torch's fused Adam kernel. In the rectified phase the
+  RAdam update ``lr * r_t * m_hat * sqrt(1 - beta2^t) / (sqrt(v_t) + eps)`` is exactly Adam's
+  update without bias correction, ``lr' * m_t / (sqrt(v_t) + eps)``, with
+  ``lr' = lr * r_t * sqrt(1 - beta2^t) / (1 - beta1^t)``; the kernel is handed an infinite step
+  count so that its own bias corrections are exactly 1. The few un-rectified first steps use the
+  multi-tensor implementation.
+- *foreach*: multi-tensor ``torch._foreach_*`` operations, per device and dtype.
+- *per-tensor*: a plain loop, for tensor types and devices the others do not take.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from numbers import Real
+from typing import Any, TypeAlias, TypeGuard
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
+
+from lightning_ranger.optim.rectification import MIN_RECTIFY_THRESHOLD, rectification
+
+__all__ = ["RAdam", "radam"]
+
+ParamsT: TypeAlias = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
+
+
+def _is_real(value: object) -> TypeGuard[float]:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _check_lr(lr: object) -> None:
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"`lr` as a Tensor must have exactly 1 element, got shape {lr.shape}")
+        value = lr.item()
+    elif _is_real(lr):
+        value = lr
+    else:
+        raise TypeError(f"`lr` must be a float or a 1-element Tensor, got {lr!r}")
+    if not value >= 0.0:  # also rejects NaN
+        raise ValueError(f"`lr` must be >= 0, got {value}")
+
+
+def _check_range(name: str, value: object, low: float, high: float, high_open: bool) -> None:
+    accepted = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+    if not _is_real(value):
+        raise TypeError(f"`{name}` must be a float in {accepted}, got {value!r}")
+    ok = low <= value < high if high_open else low <= value <= high
+    if not ok:
+        raise ValueError(f"`{name}` must be in {accepted}, got {value}")
+
+
+def _check_flag(name: str, value: object, optional: bool = False) -> None:
+    if not (isinstance(value, bool) or (optional and value is None)):
+        accepted = "a bool or None" if optional else "a bool"
+        raise TypeError(f"`{name}` must be {accepted}, got {value!r}")
+
+
+def _validate_group(group: dict[str, Any]) -> None:
+    """Check one param group's options; raises a ``ValueError``/``TypeError`` naming the option."""
+    _check_lr(group["lr"])
+    betas = group["betas"]
+    if not isinstance(betas, Sequence) or len(betas) != 2:
+        raise TypeError(f"`betas` must be a pair of floats in [0, 1), got {betas!r}")
+    for i, beta in enumerate(betas):
+        _check_range(f"betas[{i}]", beta, 0.0, 1.0, high_open=True)
+    _check_range("eps", group["eps"], 0.0, math.inf, high_open=False)
+    _check_range("weight_decay", group["weight_decay"], 0.0, math.inf, high_open=False)
+    _check_range(
+        "rectify_threshold", group["rectify_threshold"], MIN_RECTIFY_THRESHOLD, math.inf, False
+    )
+    for flag in ("decoupled_weight_decay", "degenerate_to_sgd", "maximize"):
+        _check_flag(flag, group[flag])
+    _check_flag("foreach", group["foreach"], optional=True)
+    _check_flag("fused", group["fused"], optional=True)
+    if group["fused"] and group["foreach"]:
+        raise ValueError("`fused=True` and `foreach=True` cannot be set together; choose one")
+    if group["fused"]:
+        for p in group["params"]:
+            if not (p.is_floating_point() or p.is_complex()):
+                raise ValueError(f"`fused=True` needs floating point parameters, got {p.dtype}")
+            if not _default_to_fused_or_foreach([_real(p)], False, use_fused=True)[0]:
+                raise ValueError(
+                    f"`fused=True` is not supported for a {type(p).__name__} on device "
+                    f"{p.device.type!r}; pass `fused=None` to choose an implementation by device"
+                )
+
+
+def _real(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+class RAdam(Optimizer):
+    r"""Rectified Adam, Algorithm 2 of `On the Variance of the Adaptive Learning Rate and Beyond
+    <https://arxiv.org/abs/1908.03265>`_ (Liu et al., ICLR 2020).
+
+    Adam's adaptive learning rate has a large variance in the first steps, which is why Adam needs
+    a warmup. RAdam estimates the length of the approximated simple moving average ``rho_t`` and,
+    while the variance is tractable (``rho_t > rectify_threshold``), multiplies Adam's step by the
+    rectification term ``r_t`` (see :func:`lightning_ranger.rectification`):
+
+    .. code-block:: text
+
+        m_t = beta1 m_{t-1} + (1 - beta1) g_t            v_t = beta2 v_{t-1} + (1 - beta2) g_t^2
+        m_hat = m_t / (1 - beta1^t)
+        rho_t > threshold:  p -= lr * r_t * m_hat * sqrt(1 - beta2^t) / (sqrt(v_t) + eps)
+        otherwise:          p -= lr * m_hat   (degenerate_to_sgd=True: SGD with momentum)
+                            no update          (degenerate_to_sgd=False; m_t and v_t still move)
+
+    The paper states the condition as ``rho_t > 4``; the authors' code and ``torch.optim.RAdam``
+    use 5, the default here. ``r_t`` is undefined below 4, so thresholds below 4 are refused. With
+    ``beta2=0.999`` the first rectified step is step 5 with threshold 4 and step 6 with 5; with
+    ``beta2 <= 0.6`` (``rho_inf <= 4``) no step is ever rectified.
+
+    State keys (``step``, ``exp_avg``, ``exp_avg_sq``) are torch's, so a ``state_dict`` of
+    ``torch.optim.RAdam`` loads into this optimizer and back (groups without ``rectify_threshold``
+    or ``degenerate_to_sgd`` get torch's behaviour: 5.0 and ``True``).
+
+    Args:
+        params: parameters or param groups (dicts, which may override every option below).
+        lr: learning rate, a float or a 1-element tensor, ``>= 0``.
+        betas: decay rates of the first and second moments, each in ``[0, 1)``.
+        eps: added to ``sqrt(v_t)`` in the denominator, ``>= 0``.
+        weight_decay: ``>= 0``. L2 (added to the gradient) by default.
+        decoupled_weight_decay: if ``True``, parameters are multiplied by ``1 - lr * weight_decay``
+            before the step instead (AdamW style), on every step, also un-rectified ones.
+        rectify_threshold: rectify while ``rho_t`` is above this, ``>= 4``.
+        degenerate_to_sgd: before rectification, take an SGD-with-momentum step (``True``) or no
+            step (``False``).
+        maximize: maximize the objective instead of minimizing it.
+        foreach: use the multi-tensor implementation; ``None`` chooses as torch does.
+        fused: use the fused single-pass implementation; ``None`` uses it wherever torch's fused
+            Adam kernel supports the device and dtype (CPU, CUDA, MPS, XPU; floating point).
+
+    Raises:
+        TypeError: if an option has the wrong type (``lr`` not a number or tensor, a flag not bool).
+        ValueError: if an option is outside its range, or ``fused=True`` cannot be honoured.
+
+    Example::
+
+        import torch
+        from lightning_ranger import RAdam
+
+        model = torch.nn.Linear(10, 1)
+        optimizer = RAdam(model.parameters(), lr=1e-3, weight_decay=0.01)
+        loss = model(torch.randn(8, 10)).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+        rectify_threshold: float = 5.0,
+        degenerate_to_sgd: bool = True,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "rectify_threshold": rectify_threshold,
+            "degenerate_to_sgd": degenerate_to_sgd,
+            "maximize": maximize,
+            "foreach": foreach,
+            "fused": fused,
+        }
+        # Validate the defaults even when every group overrides them, so bad values never hide.
+        _validate_group({**defaults, "params": []})
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group, filled with the defaults and validated like the constructor's."""
+        super().add_param_group(param_group)
+        _validate_group(self.param_groups[-1])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            # Groups from torch.optim.RAdam or older versions: fill in torch's behaviour.
+            group.setdefault("rectify_threshold", 5.0)
+            group.setdefault("degenerate_to_sgd", True)
+            group.setdefault("decoupled_weight_decay", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("fused", None)
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if "step" in p_state:
+                    p_state["step"] = _host_step(p_state["step"])
+
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        state_steps: list[Tensor],
+    ) -> None:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("RAdam does not support sparse gradients")
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif state["step"].device.type != "cpu":
+                # Loaded from a fused/capturable optimizer: the step count lives on the host here.
+                state["step"] = _host_step(state["step"])
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            state_steps.append(state["step"])
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """Perform one optimization step.
+
+        Args:
+            closure: a callable that re-evaluates the model and returns the loss (optional).
+
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            exp_avgs: list[Tensor] = []
+            exp_avg_sqs: list[Tensor] = []
+            state_steps: list[Tensor] = []
+            self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, state_steps)
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            radam(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                state_steps,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+                rectify_threshold=group["rectify_threshold"],
+                degenerate_to_sgd=group["degenerate_to_sgd"],
+                maximize=group["maximize"],
+                foreach=group["foreach"],
+                fused=group["fused"],
+            )
+        return loss
+
+
+def _host_step(step: float | Tensor) -> Tensor:
+    """The step count as torch's non-fused optimizers keep it: a float32 scalar on the CPU."""
+    value = step.item() if isinstance(step, Tensor) else float(step)
+    return torch.tensor(value, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class _Update:
+    """How one parameter moves at this step: ``p -= scale * m / (sqrt(v) + eps)`` when
+    ``adaptive``, else ``p -= scale * m`` (``scale == 0``: no move)."""
+
+    adaptive: bool
+    scale: float
+
+
+def _update_for_step(
+    step: float,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    rectify_threshold: float,
+    degenerate_to_sgd: bool,
+) -> _Update:
+    bias_correction1 = 1.0 - beta1**step
+    rho_t, r_t = rectification(step, beta2)
+    if rho_t > rectify_threshold:
+        return _Update(True, lr * r_t * math.sqrt(1.0 - beta2**step) / bias_correction1)
+    return _Update(False, lr / bias_correction1 if degenerate_to_sgd else 0.0)
+
+
+def radam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    rectify_threshold: float,
+    degenerate_to_sgd: bool,
+    maximize: bool,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+) -> None:
+    """Functional RAdam step over lists of tensors; see :class:`RAdam` for the math.
+
+    ``state_steps`` are float32 scalar tensors on the CPU; they are incremented here. Complex
+    tensors are optimized as pairs of real numbers.
+    """
+    if fused is None and foreach is None:
+        fused, foreach = _default_to_fused_or_foreach(params, False, use_fused=True)
+    elif fused is None:
+        fused = False
+    elif foreach is None:
+        foreach = False if fused else _default_to_fused_or_foreach(params, False)[1]
+
+    lr = lr.item() if isinstance(lr, Tensor) else float(lr)
+    torch._foreach_add_(state_steps, 1.0)
+    updates = [
+        _update_for_step(s.item(), lr, beta1, beta2, rectify_threshold, degenerate_to_sgd)
+        for s in state_steps
+    ]
+    params, grads, exp_avgs, exp_avg_sqs = (
+        [_real(t) for t in ts] for ts in (params, grads, exp_avgs, exp_avg_sqs)
+    )
+    if fused:
+        impl = _fused_radam
+    elif foreach:
+        impl = _multi_tensor_radam
+    else:
+        impl = _single_tensor_radam
+    impl(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        updates,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        l2_weight_decay=0.0 if decoupled_weight_decay else weight_decay,
+        decoupled_decay=lr * weight_decay if decoupled_weight_decay else 0.0,
+        maximize=maximize,
+    )
+
+
+def _single_tensor_radam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    updates: list[_Update],
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    l2_weight_decay: float,
+    decoupled_decay: float,
+    maximize: bool,
+) -> None:
+    for param, grad, exp_avg, exp_avg_sq, update in zip(
+        params, grads, exp_avgs, exp_avg_sqs, updates, strict=True
+    ):
+        if maximize:
+            grad = -grad
+        if decoupled_decay != 0.0:
+            param.mul_(1.0 - decoupled_decay)
+        if l2_weight_decay != 0.0:
+            grad = grad.add(param, alpha=l2_weight_decay)
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        if update.adaptive:
+            param.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(eps), value=-update.scale)
+        elif update.scale != 0.0:
+            param.add_(exp_avg, alpha=-update.scale)
+
+
+def _group_indices(tensors: list[Tensor], key: Any = None) -> dict[Any, list[int]]:
+    """Indices of ``tensors`` grouped by device, dtype and an optional per-tensor ``key``."""
+    groups: dict[Any, list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        groups[(t.device, t.dtype, None if key is None else key[i])].append(i)
+    return groups
+
+
+def _multi_tensor_radam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    updates: list[_Update],
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    l2_weight_decay: float,
+    decoupled_decay: float,
+    maximize: bool,
+) -> None:
+    for indices in _group_indices(params).values():
+        p = [params[i] for i in indices]
+        g: list[Tensor] | tuple[Tensor, ...] = [grads[i] for i in indices]
+        m = [exp_avgs[i] for i in indices]
+        v = [exp_avg_sqs[i] for i in indices]
+        if maximize:
+            g = torch._foreach_neg(g)
+        if decoupled_decay != 0.0:
+            torch._foreach_mul_(p, 1.0 - decoupled_decay)
+        if l2_weight_decay != 0.0:
+            if maximize:  # g is already a fresh list of temporaries
+                torch._foreach_add_(g, p, alpha=l2_weight_decay)
+            else:
+                g = torch._foreach_add(g, p, alpha=l2_weight_decay)
+        torch._foreach_lerp_(m, g, 1.0 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, 1.0 - beta2)
+        del g
+
+        adaptive = [j for j, i in enumerate(indices) if updates[i].adaptive]
+        if adaptive:
+            denom = torch._foreach_sqrt([v[j] for j in adaptive])
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(
+                [p[j] for j in adaptive],
+                [m[j] for j in adaptive],
+                denom,
+                [-updates[indices[j]].scale for j in adaptive],
+            )
+        momentum = [
+            j for j, i in enumerate(indices) if not updates[i].adaptive and updates[i].scale != 0.0
+        ]
+        if momentum:
+            steps = torch._foreach_mul(
+                [m[j] for j in momentum], [-updates[indices[j]].scale for j in momentum]
+            )
+            torch._foreach_add_([p[j] for j in momentum], steps)
+
+
+def _fused_radam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    updates: list[_Update],
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    l2_weight_decay: float,
+    decoupled_decay: float,
+    maximize: bool,
+) -> None:
+    rest: list[int] = []
+    for (device, _, update), indices in _group_indices(params, key=updates).items():
+        if not update.adaptive:
+            rest.extend(indices)
+            continue
+        # An infinite step count makes the kernel's bias corrections 1 - beta^inf == 1 exactly;
+        # RAdam's bias corrections and r_t are folded into the learning rate instead.
+        no_bias_correction = torch.full((), math.inf, dtype=torch.float32, device=device)
+        lr = update.scale
+        if decoupled_decay != 0.0:
+            # The kernel multiplies by 1 - lr' * wd'; with wd' = lr * wd / lr' that is 1 - lr * wd.
+            kernel, weight_decay = torch._fused_adamw_, decoupled_decay / lr
+        else:
+            kernel, weight_decay = torch._fused_adam_, l2_weight_decay
+        kernel(
+            [params[i] for i in indices],
+            [grads[i] for i in indices],
+            [exp_avgs[i] for i in indices],
+            [exp_avg_sqs[i] for i in indices],
+            [],
+            [no_bias_correction] * len(indices),
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=weight_decay,
+            eps=eps,
+            amsgrad=False,
+            maximize=maximize,
+        )
+    if rest:
+        _multi_tensor_radam(
+            [params[i] for i in rest],
+            [grads[i] for i in rest],
+            [exp_avgs[i] for i in rest],
+            [exp_avg_sqs[i] for i in rest],
+            [updates[i] for i in rest],
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            l2_weight_decay=l2_weight_decay,
+            decoupled_decay=decoupled_decay,
+            maximize=maximize,
+        )

@@ -1,0 +1,89 @@
+"""The variance rectification of RAdam (Liu et al., 2020, eq. 5-6 and Algorithm 2).
+
+This module is the only place where rho_inf, rho_t and r_t are written down; the optimizer and the
+monitoring callback both call it.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["rectification", "rho_inf"]
+
+#: Below this length of the approximated SMA, r_t is undefined (its radicand changes sign).
+MIN_RECTIFY_THRESHOLD = 4.0
+
+
+def _check_beta2(beta2: float) -> float:
+    if isinstance(beta2, bool) or not isinstance(beta2, (int, float)):
+        raise TypeError(f"`beta2` must be a float in [0, 1), got {beta2!r}")
+    if not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"`beta2` must be in [0, 1), got {beta2}")
+    return float(beta2)
+
+
+def rho_inf(beta2: float) -> float:
+    """The maximum length of the approximated simple moving average, ``2 / (1 - beta2) - 1``.
+
+    Args:
+        beta2: the decay rate of the second moment, in ``[0, 1)``.
+
+    Raises:
+        TypeError: if ``beta2`` is not a real number.
+        ValueError: if ``beta2`` is outside ``[0, 1)``.
+
+    Example::
+
+        >>> round(rho_inf(0.999), 9)
+        1999.0
+
+    """
+    return 2.0 / (1.0 - _check_beta2(beta2)) - 1.0
+
+
+def rectification(step: float, beta2: float) -> tuple[float, float]:
+    """Length of the approximated SMA and the variance rectification term at optimizer step ``t``.
+
+    .. math::
+
+        \\rho_t = \\rho_\\infty - \\frac{2 t \\beta_2^t}{1 - \\beta_2^t}, \\qquad
+        r_t = \\sqrt{\\frac{(\\rho_t - 4)(\\rho_t - 2)\\rho_\\infty}
+                         {(\\rho_\\infty - 4)(\\rho_\\infty - 2)\\rho_t}}
+
+    ``rho_t`` grows with ``t`` towards ``rho_inf`` and ``r_t`` towards 1. ``r_t`` is only defined
+    while ``rho_t > 4``; it is returned as ``0.0`` otherwise (RAdam then takes an un-adapted step).
+
+    Args:
+        step: the 1-based optimizer step ``t`` (the optimizer state's ``step``), ``>= 1``.
+        beta2: the decay rate of the second moment, in ``[0, 1)``.
+
+    Returns:
+        ``(rho_t, r_t)`` as Python floats, computed in float64.
+
+    Raises:
+        TypeError: if an argument is not a real number.
+        ValueError: if ``step < 1`` or ``beta2`` is outside ``[0, 1)``.
+
+    Example::
+
+        >>> rho_t, r_t = rectification(4, 0.999)
+        >>> round(rho_t, 3), r_t
+        (3.997, 0.0)
+        >>> rho_t, r_t = rectification(6, 0.999)
+        >>> round(rho_t, 3), round(r_t, 4)
+        (5.994, 0.0258)
+
+    """
+    if isinstance(step, bool) or not isinstance(step, (int, float)):
+        raise TypeError(f"`step` must be a number >= 1, got {step!r}")
+    if not step >= 1:
+        raise ValueError(f"`step` must be >= 1 (steps count from 1), got {step}")
+    r_inf = rho_inf(beta2)
+    beta2_t = float(beta2) ** step
+    # 1 - beta2^t through expm1: the subtraction below cancels ~rho_inf, so keep this term exact.
+    one_minus_beta2_t = -math.expm1(step * math.log(beta2)) if beta2 > 0.0 else 1.0
+    rho_t = r_inf - 2.0 * step * beta2_t / one_minus_beta2_t
+    if rho_t <= MIN_RECTIFY_THRESHOLD:
+        return rho_t, 0.0
+    r_t = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * r_inf / ((r_inf - 4.0) * (r_inf - 2.0) * rho_t))
+    return rho_t, r_t
