@@ -28,7 +28,7 @@ from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
 
 from lightning_ranger.optim.rectification import MIN_RECTIFY_THRESHOLD, rectification
 
-__all__ = ["RAdam", "radam"]
+__all__ = ["RAdam", "radam", "validate_options"]
 
 ParamsT: TypeAlias = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
 
@@ -65,25 +65,60 @@ def _check_flag(name: str, value: object, optional: bool = False) -> None:
         raise TypeError(f"`{name}` must be {accepted}, got {value!r}")
 
 
-def _validate_group(group: dict[str, Any]) -> None:
-    """Check one param group's options; raises a ``ValueError``/``TypeError`` naming the option."""
-    _check_lr(group["lr"])
-    betas = group["betas"]
+def validate_options(
+    *,
+    lr: object = 1e-3,
+    betas: object = (0.9, 0.999),
+    eps: object = 1e-8,
+    weight_decay: object = 0.0,
+    decoupled_weight_decay: object = False,
+    rectify_threshold: object = 5.0,
+    degenerate_to_sgd: object = True,
+    maximize: object = False,
+    foreach: object = None,
+    fused: object = None,
+) -> None:
+    """Check :class:`RAdam`'s options (defaults for those not given).
+
+    Raises:
+        TypeError: if an option has the wrong type, naming it.
+        ValueError: if an option is outside its accepted range, naming it and the range.
+
+    """
+    _check_lr(lr)
     if not isinstance(betas, Sequence) or len(betas) != 2:
         raise TypeError(f"`betas` must be a pair of floats in [0, 1), got {betas!r}")
     for i, beta in enumerate(betas):
         _check_range(f"betas[{i}]", beta, 0.0, 1.0, high_open=True)
-    _check_range("eps", group["eps"], 0.0, math.inf, high_open=False)
-    _check_range("weight_decay", group["weight_decay"], 0.0, math.inf, high_open=False)
-    _check_range(
-        "rectify_threshold", group["rectify_threshold"], MIN_RECTIFY_THRESHOLD, math.inf, False
-    )
-    for flag in ("decoupled_weight_decay", "degenerate_to_sgd", "maximize"):
-        _check_flag(flag, group[flag])
-    _check_flag("foreach", group["foreach"], optional=True)
-    _check_flag("fused", group["fused"], optional=True)
-    if group["fused"] and group["foreach"]:
+    _check_range("eps", eps, 0.0, math.inf, high_open=False)
+    _check_range("weight_decay", weight_decay, 0.0, math.inf, high_open=False)
+    _check_range("rectify_threshold", rectify_threshold, MIN_RECTIFY_THRESHOLD, math.inf, False)
+    _check_flag("decoupled_weight_decay", decoupled_weight_decay)
+    _check_flag("degenerate_to_sgd", degenerate_to_sgd)
+    _check_flag("maximize", maximize)
+    _check_flag("foreach", foreach, optional=True)
+    _check_flag("fused", fused, optional=True)
+    if fused and foreach:
         raise ValueError("`fused=True` and `foreach=True` cannot be set together; choose one")
+
+
+_OPTIONS = (
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "decoupled_weight_decay",
+    "rectify_threshold",
+    "degenerate_to_sgd",
+    "maximize",
+    "foreach",
+    "fused",
+)
+
+
+def _validate_group(group: dict[str, Any]) -> None:
+    """Check one param group's options; raises a ``ValueError``/``TypeError`` naming the option."""
+    validate_options(**{key: group[key] for key in _OPTIONS})
     if group["fused"]:
         for p in group["params"]:
             if not (p.is_floating_point() or p.is_complex()):
@@ -186,7 +221,7 @@ class RAdam(Optimizer):
             "fused": fused,
         }
         # Validate the defaults even when every group overrides them, so bad values never hide.
-        _validate_group({**defaults, "params": []})
+        validate_options(**defaults)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -343,13 +378,17 @@ def radam(
 
     lr = lr.item() if isinstance(lr, Tensor) else float(lr)
     torch._foreach_add_(state_steps, 1.0)
-    updates = [
-        _update_for_step(s.item(), lr, beta1, beta2, rectify_threshold, degenerate_to_sgd)
-        for s in state_steps
-    ]
-    params, grads, exp_avgs, exp_avg_sqs = (
-        [_real(t) for t in ts] for ts in (params, grads, exp_avgs, exp_avg_sqs)
-    )
+    steps = [s.item() for s in state_steps]
+    # Parameters almost always share one step count: compute each distinct update once.
+    update_of = {
+        step: _update_for_step(step, lr, beta1, beta2, rectify_threshold, degenerate_to_sgd)
+        for step in set(steps)
+    }
+    updates = [update_of[step] for step in steps]
+    if any(p.is_complex() for p in params):
+        params, grads, exp_avgs, exp_avg_sqs = (
+            [_real(t) for t in ts] for ts in (params, grads, exp_avgs, exp_avg_sqs)
+        )
     if fused:
         impl = _fused_radam
     elif foreach:
