@@ -16,16 +16,15 @@ one of three implementations, as ``torch.optim`` does:
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from numbers import Real
-from typing import Any, TypeAlias, TypeGuard
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
 
+from lightning_ranger._utils import group_indices, is_real
 from lightning_ranger.optim.rectification import MIN_RECTIFY_THRESHOLD, rectification
 
 __all__ = ["RAdam", "radam", "validate_options"]
@@ -33,16 +32,12 @@ __all__ = ["RAdam", "radam", "validate_options"]
 ParamsT: TypeAlias = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
 
 
-def _is_real(value: object) -> TypeGuard[float]:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
 def _check_lr(lr: object) -> None:
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError(f"`lr` as a Tensor must have exactly 1 element, got shape {lr.shape}")
         value = lr.item()
-    elif _is_real(lr):
+    elif is_real(lr):
         value = lr
     else:
         raise TypeError(f"`lr` must be a float or a 1-element Tensor, got {lr!r}")
@@ -52,7 +47,7 @@ def _check_lr(lr: object) -> None:
 
 def _check_range(name: str, value: object, low: float, high: float, high_open: bool) -> None:
     accepted = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-    if not _is_real(value):
+    if not is_real(value):
         raise TypeError(f"`{name}` must be a float in {accepted}, got {value!r}")
     ok = low <= value < high if high_open else low <= value <= high
     if not ok:
@@ -441,14 +436,6 @@ def _single_tensor_radam(
             param.add_(exp_avg, alpha=-update.scale)
 
 
-def _group_indices(tensors: list[Tensor], key: Any = None) -> dict[Any, list[int]]:
-    """Indices of ``tensors`` grouped by device, dtype and an optional per-tensor ``key``."""
-    groups: dict[Any, list[int]] = defaultdict(list)
-    for i, t in enumerate(tensors):
-        groups[(t.device, t.dtype, None if key is None else key[i])].append(i)
-    return groups
-
-
 def _multi_tensor_radam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -463,7 +450,7 @@ def _multi_tensor_radam(
     decoupled_decay: float,
     maximize: bool,
 ) -> None:
-    for indices in _group_indices(params).values():
+    for indices in group_indices(params).values():
         p = [params[i] for i in indices]
         g: list[Tensor] | tuple[Tensor, ...] = [grads[i] for i in indices]
         m = [exp_avgs[i] for i in indices]
@@ -517,7 +504,7 @@ def _fused_radam(
     maximize: bool,
 ) -> None:
     rest: list[int] = []
-    for (device, _, update), indices in _group_indices(params, key=updates).items():
+    for (device, _, update), indices in group_indices(params, key=updates).items():
         if not update.adaptive:
             rest.extend(indices)
             continue
