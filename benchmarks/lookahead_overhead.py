@@ -1,0 +1,156 @@
+"""Cost of Lookahead's sync on ResNet-18's parameters, three figures from one run.
+
+1. One sync against its memory bound. The sync reads the slow and the fast weights and writes both:
+   4 float32 transfers per parameter. The bound is 4 transfers at the bandwidth of an in-place add
+   (``a += b``: 3 transfers) over tensors of the same shapes, measured in the same run.
+2. The amortized cost per optimizer step at ``k`` (one sync every ``k`` steps), relative to one
+   :class:`~lightning_ranger.RAdam` step.
+3. The overhead on a full ResNet-18 training step (forward, backward, RAdam step; batch 32, 32x32
+   inputs): the time of one sync over that of ``k`` training steps. (Timing ``k`` steps with a
+   sync against ``k`` steps without cannot resolve 1% on a CPU, where repetitions of a training
+   step spread by more than that.)
+
+The measured variants are interleaved (each repetition times each variant once, so drifts in clock
+speed or machine load hit all of them alike), and medians are reported. The bars (one sync within
+1.3x its bound; at most 1% overhead on the training step) are reported, never asserted.
+
+Run: ``python benchmarks/lookahead_overhead.py`` (about a minute on 2 CPU cores; ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torchvision
+
+from lightning_ranger import RAdam
+from lightning_ranger.callbacks._slow_weights import SlowWeights
+
+SYNC_BAR, OVERHEAD_BAR = 1.3, 0.01
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    def time_it(fn: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    return time_it
+
+
+def interleaved(
+    variants: dict[str, Callable[[], object]], reps: int, time_it: Callable[..., float]
+) -> dict[str, tuple[float, float]]:
+    """``(median, minimum)`` seconds per variant; every repetition runs each variant once, after
+    one warm-up run of each."""
+    for fn in variants.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, fn in variants.items():
+            times[name].append(time_it(fn))
+    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
+
+
+def _ratio(
+    a: tuple[float, float], b: tuple[float, float], scale: float = 1.0
+) -> tuple[float, float]:
+    """``a / (scale * b)`` for the medians and for the minima."""
+    return a[0] / (scale * b[0]), a[1] / (scale * b[1])
+
+
+def _ms(t: tuple[float, float]) -> str:
+    return f"{t[0] * 1e3:.2f} ms (min {t[1] * 1e3:.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--k", type=int, default=6, help="optimizer steps per sync")
+    parser.add_argument("--reps", type=int, default=30, help="repetitions of figures 1 and 2")
+    parser.add_argument("--train-reps", type=int, default=10, help="repetitions of figure 3")
+    parser.add_argument("--batch-size", type=int, default=32)
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=default_device)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    time_it = _timer(device)
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    numel = sum(p.numel() for p in params)
+    optimizer = RAdam(params, lr=1e-3)
+    slow = SlowWeights(model)
+
+    # 1 and 2: one sync, the in-place add that sets the bound, one RAdam step.
+    a = [torch.randn_like(p) for p in params]
+    b = [torch.randn_like(p) for p in params]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    for _ in range(6):  # past RAdam's un-rectified first steps
+        optimizer.step()
+    t = interleaved(
+        {
+            "add": lambda: torch._foreach_add_(a, b),
+            "sync": lambda: slow.sync(0.5),
+            "radam": optimizer.step,
+        },
+        args.reps,
+        time_it,
+    )
+    # The add moves 3 x 4 bytes per element, the sync's bound 4 x 4 bytes.
+    bound = (t["add"][0] * 4 / 3, t["add"][1] * 4 / 3)
+    bandwidth = 3 * 4 * numel / t["add"][0]
+    sync_ratio = _ratio(t["sync"], bound)
+    amortized = _ratio(t["sync"], t["radam"], scale=args.k)
+
+    # 3: training steps interleaved with syncs.
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 1000, (args.batch_size,), device=device)
+
+    def train_step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    model.train()
+    steps = interleaved(
+        {"train": train_step, "sync": lambda: slow.sync(0.5)}, args.train_reps, time_it
+    )
+    overhead = _ratio(steps["sync"], steps["train"], scale=args.k)
+
+    def bar(value: float, limit: float) -> str:
+        return "met" if value <= limit else "NOT met"
+
+    print(f"ResNet-18: {len(params)} parameters, {numel / 1e6:.2f} M elements, float32")
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        "medians (minima) of interleaved runs"
+    )
+    print(
+        f"1. one sync: {_ms(t['sync'])}; memory bound {_ms(bound)} = 4 x {4 * numel / 1e6:.1f} MB "
+        f"at the in-place-add bandwidth ({bandwidth / 1e9:.2f} GB/s): {sync_ratio[0]:.2f}x "
+        f"({sync_ratio[1]:.2f}x) the bound; bar <= {SYNC_BAR}x {bar(sync_ratio[0], SYNC_BAR)}"
+    )
+    print(
+        f"2. amortized at k={args.k}: {amortized[0]:.1%} ({amortized[1]:.1%}) of a RAdam step "
+        f"({_ms(t['radam'])})"
+    )
+    print(
+        f"3. training step (batch {args.batch_size}, 32x32 inputs, RAdam): {_ms(steps['train'])};"
+        f" one sync every {args.k} steps ({_ms(steps['sync'])}) adds {overhead[0]:.2%} "
+        f"({overhead[1]:.2%}); bar <= {OVERHEAD_BAR:.0%} {bar(overhead[0], OVERHEAD_BAR)}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+r"""Lookahead (Zhang et al., 2019, Algorithm 1) as a Lightning callback.
+
+Checkpoint layout
+^^^^^^^^^^^^^^^^^
+
+A single-file checkpoint (single device, DDP, or ``ModelParallelStrategy`` with
+``save_distributed_checkpoint=False``) written while :class:`Lookahead` is active holds:
+
+- ``checkpoint["state_dict"]``: the module's state with the **slow** weights in place of the
+  trainable parameters (float32 for float16/bfloat16 parameters; ``load_state_dict`` casts them), so
+  ``Model.load_from_checkpoint(path)`` gives the weights to deploy. Buffers are the module's own.
+- ``checkpoint["lookahead_fast_weights"]``: ``{parameter name: fast weight}``.
+- ``checkpoint["callbacks"]["Lookahead"]``: ``{"synced_at_step": int, "names": list[str]}``: the
+  ``trainer.global_step`` of the last sync (or of the start), and the tracked parameters' names.
+
+A sharded checkpoint (a distributed-checkpoint folder, ``ModelParallelStrategy``) keeps each
+rank's shards of both weights in ``state_dict`` entries, which every rank writes: the slow weights
+under the parameter names, the fast ones under ``state_dict.lookahead_fast_weights.<name>``. The
+callback state above lives in the metadata file, which Lightning writes from rank 0 only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import Tensor
+from torch.distributed.tensor import DTensor
+from typing_extensions import override
+
+from lightning_ranger._utils import is_real
+from lightning_ranger.callbacks._slow_weights import (
+    SlowWeights,
+    mismatch_message,
+    slow_dtype,
+    trainable_parameters,
+)
+
+__all__ = ["FAST_WEIGHTS_KEY", "Lookahead", "lookahead_callbacks"]
+
+FAST_WEIGHTS_KEY = "lookahead_fast_weights"
+
+_SUPPORTED = (
+    'a single device, `strategy="ddp"` (or its spawn/fork variants), or `ModelParallelStrategy` '
+    "with `torch.distributed.fsdp.fully_shard` applied in `configure_model` (FSDP2)"
+)
+
+
+class Lookahead(Callback):
+    r"""Lookahead: slow weights that follow the inner optimizer's fast weights every ``k`` steps.
+
+    `Lookahead Optimizer: k steps forward, 1 step back <https://arxiv.org/abs/1907.08610>`_ (Zhang
+    et al., 2019) keeps slow weights ``phi`` beside the fast weights ``theta`` that any optimizer
+    moves. Every ``k`` optimizer steps:
+
+    .. code-block:: text
+
+        phi   <- phi + alpha (theta - phi)
+        theta <- phi
+
+    Ranger is Lookahead around :class:`~lightning_ranger.RAdam`. Use it to make an optimizer less
+    sensitive to its learning rate and to reduce the variance of its trajectory. Add
+    :class:`~lightning_ranger.callbacks.slow_weight_swap.SlowWeightSwap` to evaluate on the slow
+    weights.
+
+    - *When*: the slow weights start as a copy of the parameters with ``requires_grad`` when ``fit``
+      starts (or come back from the checkpoint it resumes from); each ``fit`` call starts afresh
+      from the module's weights unless it resumes from a checkpoint. The sync runs at the end of the
+      training batch in which the ``k``-th optimizer step since the last sync happened, counting
+      optimizer steps as ``trainer.global_step`` does: once per ``accumulate_grad_batches`` batches,
+      once per ``optimizer.step()`` call in manual optimization, once per optimizer and step with
+      several optimizers (a batch with several steps that passes ``k`` syncs once, at its end, and
+      the next cycle starts there). A step that a ``GradScaler`` skipped (``precision="16-mixed"``
+      with inf/NaN gradients) still increments ``trainer.global_step`` in automatic optimization, so
+      it counts as one of the ``k`` steps.
+    - *What*: every parameter with ``requires_grad``, by name; buffers such as BatchNorm running
+      statistics are not touched. The sync is a multi-tensor ``lerp_`` and ``copy_`` per device
+      and dtype (on the CPU, alternating over cache-sized batches, so that each element crosses
+      the memory bus 4 times rather than 6); the memory is one extra copy of the trainable
+      parameters (one shard of it per rank under FSDP2), in float32 for float16/bfloat16
+      parameters. Evaluating on the slow weights stashes a copy of the fast ones meanwhile.
+    - *After fit*: the module holds the slow weights (``final_weights="slow"``, the paper's output)
+      or keeps the fast ones (``"fast"``); a checkpoint saved then resumes the same either way.
+    - *Checkpoints*: ``checkpoint["state_dict"]`` holds the slow weights; the fast weights and the
+      position in the ``k``-cycle are saved too, so resuming continues bit-for-bit (see the module
+      docstring for the layout). Resuming from a checkpoint written without Lookahead starts the
+      slow weights from the loaded weights. Checkpoints with ``save_weights_only=True`` do not call
+      callbacks and hold the module's current (fast) weights.
+    - *Strategies*: a single device, DDP and FSDP2 (``ModelParallelStrategy``); ``FSDPStrategy``
+      (FSDP1) and ``DeepSpeedStrategy`` are refused at setup.
+
+    Args:
+        k: number of optimizer steps between syncs, a positive int. Default: ``6``.
+        alpha: slow-weight step size, in ``(0, 1]``; ``1`` makes the slow weights equal the fast
+            ones at every sync. Default: ``0.5``.
+        final_weights: ``"slow"`` or ``"fast"``, the weights the module holds when ``fit`` ends.
+            Default: ``"slow"``.
+
+    Raises:
+        TypeError: if ``k`` is not an int or ``alpha`` not a real number.
+        ValueError: if ``k < 1``, ``alpha`` is outside ``(0, 1]`` or NaN, ``final_weights`` is
+            unknown; at setup, if the trainer has two ``Lookahead`` callbacks or uses FSDP1 or
+            DeepSpeed; when resuming, if the checkpoint's parameter names do not match the module's
+            trainable parameters.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning.pytorch.demos.boring_classes import BoringModel
+        from lightning_ranger.callbacks.lookahead import Lookahead
+
+        trainer = Trainer(max_steps=12, callbacks=[Lookahead(k=6, alpha=0.5)], logger=False)
+        trainer.fit(BoringModel())
+
+    """
+
+    def __init__(
+        self, k: int = 6, alpha: float = 0.5, final_weights: Literal["slow", "fast"] = "slow"
+    ) -> None:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"`k` must be a positive int, got {k!r}")
+        if k < 1:
+            raise ValueError(f"`k` must be a positive int, got {k}")
+        if not is_real(alpha):
+            raise TypeError(f"`alpha` must be a float in (0, 1], got {alpha!r}")
+        if not 0.0 < alpha <= 1.0:  # also rejects NaN
+            raise ValueError(f"`alpha` must be in (0, 1], got {alpha}")
+        if final_weights not in ("slow", "fast"):
+            raise ValueError(f"`final_weights` must be 'slow' or 'fast', got {final_weights!r}")
+        self.k = k
+        self.alpha = float(alpha)
+        self.final_weights = final_weights
+        self._weights: SlowWeights | None = None
+        # `trainer.global_step` at the last sync (or at the start); `None` until training starts.
+        self._synced_at_step: int | None = None
+        # (slow, fast) from a single-file checkpoint loaded before the strategy set the model up.
+        self._pending: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if len(lookahead_callbacks(trainer)) > 1:
+            raise ValueError(
+                "`Trainer(callbacks=...)` has more than one `Lookahead` callback; keep one"
+            )
+        if stage != TrainerFn.FITTING:
+            return
+        strategy = trainer.strategy
+        if isinstance(strategy, (DeepSpeedStrategy, FSDPStrategy)):
+            raise ValueError(
+                f"`Lookahead` does not support `Trainer(strategy={type(strategy).__name__})`: its "
+                "flat-parameter partitions cannot be addressed by parameter name. Use "
+                f"{_SUPPORTED}."
+            )
+        checkpoints = trainer.checkpoint_callbacks
+        if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in checkpoints):
+            rank_zero_warn(
+                "`ModelCheckpoint(save_weights_only=True)` does not call callbacks, so its "
+                "checkpoints hold the fast weights during training, not Lookahead's slow weights."
+            )
+
+    @property
+    def slow_weights_active(self) -> bool:
+        """Whether the module currently holds the slow weights (the fast ones are stashed)."""
+        return self._weights is not None and self._weights.shows_slow
+
+    def show_slow_weights(self) -> bool:
+        """Put the slow weights in the module, keeping the fast ones aside.
+
+        Returns ``True`` if this changed the module, ``False`` if it already held the slow weights
+        or no slow weights exist (no ``fit`` ran, or an evaluation loaded a checkpoint, whose
+        ``state_dict`` already holds slow weights).
+        """
+        return self._weights is not None and self._weights.show_slow()
+
+    def show_fast_weights(self) -> None:
+        """Put the fast weights back in the module (no-op if it holds them)."""
+        if self._weights is not None:
+            self._weights.show_fast()
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the strategy moved (and possibly sharded) the parameters.
+        self._weights = SlowWeights(pl_module)
+        if self._pending is not None:
+            self._weights.load(*self._pending)
+            self._pending = None
+        else:
+            self._synced_at_step = None  # set by `load_state_dict` or at train start
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._synced_at_step is None:  # `global_step` is restored by now
+            self._synced_at_step = trainer.global_step
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: STEP_OUTPUT,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        assert self._weights is not None and self._synced_at_step is not None
+        if trainer.global_step - self._synced_at_step >= self.k:
+            self._weights.sync(self.alpha)
+            self._synced_at_step = trainer.global_step
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.final_weights == "slow":
+            self.show_slow_weights()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Strategies move the module to the CPU at teardown to free accelerator memory.
+        if self._weights is not None:
+            self._weights.follow_parameters()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        if self._weights is None:
+            return {}
+        return {"synced_at_step": self._synced_at_step, "names": list(self._weights.names)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._synced_at_step = state_dict["synced_at_step"]
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self._weights is None:
+            return
+        state_dict = checkpoint["state_dict"]
+        sharded = any(isinstance(state_dict.get(n), DTensor) for n in self._weights.names)
+        # A full checkpoint gathers shards on every rank (a collective); only rank 0 writes it.
+        slow, fast = self._weights.tensors(full=not sharded)
+        state_dict.update(slow)
+        if sharded:  # only `state_dict` entries are written by every rank
+            state_dict[FAST_WEIGHTS_KEY] = fast
+        else:
+            checkpoint[FAST_WEIGHTS_KEY] = fast
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            # The module now holds the checkpoint's `state_dict`: slow weights if from Lookahead.
+            self._weights = None
+            return
+        state = checkpoint["callbacks"].get(self.state_key)
+        if state is None:
+            rank_zero_info(
+                "The checkpoint was not written with `Lookahead`: the slow weights start from its "
+                "weights."
+            )
+            if self._weights is not None:  # taken before the strategy restored the checkpoint
+                self._weights = SlowWeights(pl_module)
+            return
+        mismatch = mismatch_message(state["names"], list(trainable_parameters(pl_module)))
+        if mismatch is not None:
+            raise ValueError(
+                "The checkpoint's Lookahead weights do not match the module's parameters with "
+                f"`requires_grad`: {mismatch}"
+            )
+        if FAST_WEIGHTS_KEY not in checkpoint:
+            self._load_sharded(trainer)
+            return
+        if "state_dict" in checkpoint:
+            slow = {name: checkpoint["state_dict"][name] for name in state["names"]}
+        else:
+            slow = _slow_weights_loaded_into(trainer, pl_module)
+        resume = (slow, checkpoint[FAST_WEIGHTS_KEY])
+        if self._weights is None:  # restored before the strategy set up the model
+            self._pending = resume
+        else:
+            self._weights.load(*resume)
+
+    def _load_sharded(self, trainer: pl.Trainer) -> None:
+        """Read this rank's slow and fast shards from a distributed-checkpoint folder."""
+        from torch.distributed.checkpoint import load
+
+        assert self._weights is not None  # strategies restore sharded checkpoints after setup
+        slow, fast = self._weights.load_targets()
+        with torch.no_grad():
+            load({"state_dict": {**slow, FAST_WEIGHTS_KEY: fast}}, checkpoint_id=trainer.ckpt_path)
+
+
+def _slow_weights_loaded_into(
+    trainer: pl.Trainer, pl_module: pl.LightningModule
+) -> dict[str, Tensor]:
+    """The slow weights, from the module that the strategy loaded ``checkpoint["state_dict"]``
+    into before dropping it from ``checkpoint`` (``ModelParallelStrategy``, single-file checkpoint).
+    :meth:`SlowWeights.load` reads them before it overwrites the parameters with the fast ones."""
+    trainable = {n: p.detach() for n, p in trainable_parameters(pl_module).items()}
+    rounded = [n for n, p in trainable.items() if slow_dtype(p.dtype) != p.dtype]
+    if rounded:
+        rank_zero_warn(
+            f"`{type(trainer.strategy).__name__}` loaded the float32 slow weights of "
+            f"{len(rounded)} parameters from the single-file checkpoint into 16-bit parameters: "
+            "the resumed run is close to an uninterrupted one, not equal. Save sharded "
+            "checkpoints (`save_distributed_checkpoint=True`) to resume exactly."
+        )
+    return trainable
+
+
+def lookahead_callbacks(trainer: pl.Trainer) -> list[Lookahead]:
+    """The :class:`Lookahead` callbacks in ``trainer.callbacks``."""
+    callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set at init
+    return [cb for cb in callbacks if isinstance(cb, Lookahead)]

@@ -1,0 +1,102 @@
+"""Lookahead with 2 CPU processes (gloo), launched by ``tests/test_lookahead_distributed.py``
+through ``python -m torch.distributed.run --nproc_per_node=2``.
+
+Lightning sees the launcher's environment and does not start processes itself, so one launch runs
+several Trainers in the same process group. For each variant in :data:`VARIANTS` (DDP; FSDP2
+through ``ModelParallelStrategy`` with ``fully_shard``, with sharded or single-file checkpoints, in
+float32 or bf16-true) it fits 3 epochs uninterrupted, then 1 epoch that checkpoints mid-cycle, then
+resumes that checkpoint to 3 epochs, and saves each rank's full fast and slow weights to
+``OUT/<variant>_<run>_rank<r>.pt`` for the test to compare.
+
+Usage: ``python -m torch.distributed.run --nproc_per_node=2 _lookahead_distributed_script.py OUT
+VARIANT...``
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from _lookahead_helpers import Net, make_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+from lightning_ranger.callbacks.lookahead import Lookahead
+from lightning_ranger.callbacks.slow_weight_swap import SlowWeightSwap
+
+K, ALPHA = 3, 0.5
+CKPT = "epoch=0-step=5.ckpt"
+
+
+class ShardedNet(Net):
+    """FSDP2: each linear layer and the root are sharded over the data-parallel mesh."""
+
+    def configure_model(self) -> None:
+        mesh = self.device_mesh["data_parallel"]
+        for layer in (self.net.layers["inp"], self.net.layers["out"]):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(self, mesh=mesh)
+
+
+def full_weights(model: Net) -> dict[str, torch.Tensor]:
+    """The module's parameters as full tensors (gathering shards: every rank calls this)."""
+    return {
+        n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
+        for n, p in model.named_parameters()
+    }
+
+
+# variant: (FSDP2, save_distributed_checkpoint, precision)
+VARIANTS = {
+    "ddp": (False, False, "32-true"),
+    "fsdp2": (True, True, "32-true"),
+    "fsdp2_full": (True, False, "32-true"),
+    "fsdp2_bf16": (True, True, "bf16-true"),
+}
+
+
+def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = None) -> None:
+    sharded, distributed_checkpoint, precision = VARIANTS[variant]
+    model = (ShardedNet if sharded else Net)("radam", seed=7 if ckpt_path else 0)
+    strategy: Any = "ddp"
+    if sharded:
+        strategy = ModelParallelStrategy(
+            data_parallel_size=2,
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=distributed_checkpoint,
+        )
+    lookahead = Lookahead(k=K, alpha=ALPHA, final_weights="fast")
+    checkpoint = ModelCheckpoint(dirpath=out / variant / run, save_top_k=-1, every_n_epochs=1)
+    trainer = make_trainer(
+        out / variant / run,
+        [lookahead, SlowWeightSwap(), checkpoint],
+        devices=2,
+        strategy=strategy,
+        precision=precision,
+        max_epochs=max_epochs,
+        limit_val_batches=None,
+        enable_checkpointing=True,
+    )
+    trainer.fit(model, ckpt_path=ckpt_path)
+    fast = full_weights(model)
+    lookahead.show_slow_weights()
+    slow = full_weights(model)
+    lookahead.show_fast_weights()
+    record = {"fast": fast, "slow": slow, "step": trainer.global_step}
+    torch.save(record, out / f"{variant}_{run}_rank{trainer.global_rank}.pt")
+
+
+def main(out: Path, variants: list[str]) -> None:
+    for variant in variants:
+        fit(out, variant, "uninterrupted", max_epochs=3)
+        fit(out, variant, "first", max_epochs=1)
+        # 5 steps per epoch: the epoch-0 checkpoint is 2 steps into a 3-step cycle.
+        fit(out, variant, "resumed", max_epochs=3, ckpt_path=out / variant / "first" / CKPT)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2:])

@@ -1,0 +1,235 @@
+"""Shared pieces of the Lookahead tests: a tiny model, its data, a quiet Trainer, and an
+independent reference (Algorithm 1 of Zhang et al. as a plain PyTorch loop, no Lightning)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from lightning_ranger import RAdam
+
+IN, HIDDEN, OUT = 4, 8, 2
+
+
+class TinyNet(nn.Module):
+    """Linear -> tanh -> (BatchNorm) -> Linear. ``reorder`` registers the same layers, with the same
+    names and values, in the opposite order (so ``named_parameters()`` lists them differently)."""
+
+    def __init__(self, seed: int = 0, batch_norm: bool = False, reorder: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        layers = {
+            "inp": nn.Linear(IN, HIDDEN),
+            "norm": nn.BatchNorm1d(HIDDEN) if batch_norm else nn.Identity(),
+            "out": nn.Linear(HIDDEN, OUT),
+        }
+        order = list(layers)[::-1] if reorder else list(layers)
+        self.layers = nn.ModuleDict({name: layers[name] for name in order})
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers["out"](self.layers["norm"](torch.tanh(self.layers["inp"](x))))
+
+
+def make_data(n: int, seed: int = 1234) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, IN, generator=g)
+    y = torch.stack([x[:, 0] * x[:, 1], torch.sin(x[:, 2]) - x[:, 3]], dim=1)
+    return TensorDataset(x, y + 0.1 * torch.randn(n, OUT, generator=g))
+
+
+def make_optimizer(name: str, params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":  # SGD with momentum
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "plain_sgd":  # stateless
+        return torch.optim.SGD(params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "radam":
+        return RAdam(params, lr=lr)
+    raise ValueError(name)
+
+
+class Net(LightningModule):
+    """Regression on :func:`make_data`; logs ``val_loss`` and ``test_loss``."""
+
+    def __init__(
+        self,
+        optimizer: str = "radam",
+        lr: float = 0.05,
+        batch_size: int = 4,
+        n_batches: int = 5,
+        batch_norm: bool = False,
+        reorder: bool = False,
+        frozen: Sequence[str] = (),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = TinyNet(seed, batch_norm, reorder)
+        for name, p in self.net.named_parameters():
+            p.requires_grad_(name not in frozen)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def loss(self, batch: Sequence[Tensor]) -> Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        return self.loss(batch)
+
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self.log("val_loss", self.loss(batch))
+
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self.log("test_loss", self.loss(batch))
+
+    def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        return self(batch[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return make_optimizer(self.hparams.optimizer, params, self.hparams.lr)
+
+    def _loader(self, dataset: TensorDataset) -> DataLoader:
+        world = self.trainer.world_size
+        if world == 1:
+            return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=False)
+        # Rank r takes samples r, r + world, ...: the ranks' batches i together are batch i of the
+        # single-process run (Lightning's own sampler would shuffle).
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=self.trainer.global_rank, shuffle=False
+        )
+        return DataLoader(dataset, batch_size=self.hparams.batch_size // world, sampler=sampler)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(make_data(self.hparams.batch_size * self.hparams.n_batches))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(make_data(8, seed=99))
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class TwoOptimizerNet(Net):
+    """Manual optimization with two optimizers, each stepping once per batch."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        optimizers = self.optimizers()
+        loss = self.loss(batch)
+        self.manual_backward(loss)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad()
+        return loss
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:  # type: ignore[override]
+        return two_optimizers(self.net, self.hparams.optimizer, self.hparams.lr)
+
+
+def two_optimizers(net: TinyNet, name: str, lr: float) -> list[torch.optim.Optimizer]:
+    first = list(net.layers["inp"].parameters())
+    rest = [p for p in net.parameters() if all(p is not q for q in first)]
+    return [make_optimizer(name, first, lr), make_optimizer(name, rest, lr)]
+
+
+def make_trainer(tmp_path: Any, callbacks: list[Any], **kwargs: Any) -> Trainer:
+    """A quiet single-device CPU trainer, no validation unless ``limit_val_batches`` is given."""
+    defaults: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 2,
+        "limit_val_batches": 0,
+        "num_sanity_val_steps": 0,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(tmp_path),
+    }
+    return Trainer(callbacks=callbacks, **{**defaults, **kwargs})
+
+
+def params(module: nn.Module) -> dict[str, Tensor]:
+    """Detached copies of the parameters, by name."""
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def assert_close(actual: dict[str, Tensor], expected: dict[str, Tensor], atol: float) -> None:
+    assert actual.keys() == expected.keys()
+    for name in actual:
+        diff = (actual[name].double() - expected[name].double()).abs().max().item()
+        assert diff <= atol, f"{name}: max abs difference {diff} > {atol}"
+
+
+def assert_equal(actual: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for name in actual:
+        assert torch.equal(actual[name], expected[name]), name
+
+
+def reference_lookahead(
+    net: nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    batches: Sequence[tuple[Tensor, Tensor]],
+    *,
+    epochs: int,
+    k: int,
+    alpha: float,
+    accumulate: int = 1,
+    forward_context: Callable[[], Any] = nullcontext,
+    input_dtype: torch.dtype | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Lookahead (Algorithm 1) around ``optimizers`` in plain PyTorch; returns ``(fast, slow)``.
+
+    An optimizer step happens every ``accumulate`` batches and at the last batch of an epoch (as in
+    Lightning); the slow weights sync at the end of a batch once ``k`` steps were taken since the
+    last sync. Slow weights of 16-bit parameters are float32.
+    """
+    trainable = {n: p for n, p in net.named_parameters() if p.requires_grad}
+    low_precision = (torch.bfloat16, torch.float16)
+    slow = {
+        n: p.detach().to(torch.float32 if p.dtype in low_precision else p.dtype, copy=True)
+        for n, p in trainable.items()
+    }
+    steps = synced = 0
+    net.train()
+    for _ in range(epochs):
+        for i, (x, y) in enumerate(batches):
+            if input_dtype is not None:
+                x, y = x.to(input_dtype), y.to(input_dtype)
+            with forward_context():
+                loss = nn.functional.mse_loss(net(x), y) / accumulate
+            loss.backward()
+            if (i + 1) % accumulate == 0 or i == len(batches) - 1:
+                for opt in optimizers:
+                    opt.step()
+                    opt.zero_grad()
+                    steps += 1
+            if steps - synced >= k:
+                with torch.no_grad():
+                    for n, p in trainable.items():
+                        slow[n] += alpha * (p.to(slow[n].dtype) - slow[n])
+                        p.copy_(slow[n])
+                synced = steps
+    fast = {n: p.detach().clone() for n, p in net.named_parameters()}
+    return fast, {n: s.clone() for n, s in slow.items()}
+
+
+def batches_of(dataset: TensorDataset, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+    return [(x, y) for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False)]

@@ -1,0 +1,423 @@
+"""Lookahead on a single device: values against a plain-PyTorch Algorithm 1 loop, checkpoints and
+exact resume, precisions, bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+from unittest.mock import Mock
+
+import pytest
+import torch
+from _lookahead_helpers import (
+    Net,
+    TinyNet,
+    TwoOptimizerNet,
+    assert_close,
+    assert_equal,
+    batches_of,
+    make_data,
+    make_optimizer,
+    make_trainer,
+    params,
+    reference_lookahead,
+    two_optimizers,
+)
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from torch import nn
+
+from lightning_ranger.callbacks._slow_weights import CPU_BATCH_NUMEL, SlowWeights, slow_dtype
+from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY, Lookahead
+from lightning_ranger.callbacks.slow_weight_swap import SlowWeightSwap
+
+
+def _prefixed(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Reference names (``layers...``) as the LightningModule names them (``net.layers...``)."""
+    return {f"net.{name}": t for name, t in weights.items()}
+
+
+def _fast_and_slow(lookahead: Lookahead, model: Net) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The module's fast and slow weights after a ``final_weights="fast"`` fit."""
+    fast = params(model)
+    assert lookahead.show_slow_weights()
+    slow = params(model)
+    lookahead.show_fast_weights()
+    assert_equal(params(model), fast)
+    return fast, slow
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "k", "alpha", "accumulate"),
+    [
+        ("sgd", 3, 0.5, 1),  # 20 steps: not a multiple of k
+        ("adam", 6, 0.8, 1),
+        ("radam", 6, 0.5, 1),
+        ("radam", 4, 1.0, 2),  # 10 steps
+        ("sgd", 1, 0.3, 3),  # a short accumulation window at each epoch's end: 8 steps
+        ("adam", 3, 0.25, 3),
+    ],
+)
+def test_matches_algorithm_1(
+    tmp_path: Path, optimizer: str, k: int, alpha: float, accumulate: int
+) -> None:
+    n_batches, batch_size, lr = 10, 4, 0.05
+    model = Net(optimizer, lr=lr, batch_size=batch_size, n_batches=n_batches, batch_norm=True)
+    lookahead = Lookahead(k=k, alpha=alpha, final_weights="fast")
+    make_trainer(tmp_path, [lookahead], accumulate_grad_batches=accumulate).fit(model)
+    fast, slow = _fast_and_slow(lookahead, model)
+
+    net = TinyNet(batch_norm=True)
+    ref_fast, ref_slow = reference_lookahead(
+        net,
+        [make_optimizer(optimizer, net.parameters(), lr)],
+        batches_of(make_data(batch_size * n_batches), batch_size),
+        epochs=2,
+        k=k,
+        alpha=alpha,
+        accumulate=accumulate,
+    )
+    assert_close(fast, _prefixed(ref_fast), atol=1e-6)
+    assert_close(slow, _prefixed(ref_slow), atol=1e-6)
+    # BatchNorm statistics are the module's own, never synced.
+    ref_buffers = {f"net.{n}": b for n, b in net.named_buffers()}
+    assert_close(dict(model.named_buffers()), ref_buffers, atol=1e-6)
+
+
+def test_final_weights_slow_leaves_the_slow_weights_in_the_module(tmp_path: Path) -> None:
+    model = Net("sgd", n_batches=7)
+    make_trainer(tmp_path, [Lookahead(k=3)]).fit(model)
+    net = TinyNet()
+    _, ref_slow = reference_lookahead(
+        net,
+        [make_optimizer("sgd", net.parameters(), 0.05)],
+        batches_of(make_data(28), 4),
+        epochs=2,
+        k=3,
+        alpha=0.5,
+    )
+    assert_close(params(model), _prefixed(ref_slow), atol=1e-6)
+
+
+def test_counts_optimizer_steps_in_manual_optimization(tmp_path: Path) -> None:
+    # Two optimizers stepping once per batch: global_step, and Lookahead's count, grow by 2.
+    model = TwoOptimizerNet(optimizer="adam", n_batches=7)
+    lookahead = Lookahead(k=3, alpha=0.5, final_weights="fast")
+    trainer = make_trainer(tmp_path, [lookahead])
+    trainer.fit(model)
+    assert trainer.global_step == 28
+    fast, slow = _fast_and_slow(lookahead, model)
+
+    net = TinyNet()
+    ref_fast, ref_slow = reference_lookahead(
+        net,
+        two_optimizers(net, "adam", 0.05),
+        batches_of(make_data(28), 4),
+        epochs=2,
+        k=3,
+        alpha=0.5,
+    )
+    assert_close(fast, _prefixed(ref_fast), atol=1e-6)
+    assert_close(slow, _prefixed(ref_slow), atol=1e-6)
+
+
+def test_frozen_parameters_are_not_tracked(tmp_path: Path) -> None:
+    model = Net("sgd", frozen=("layers.inp.weight",))
+    frozen_before = model.net.layers.inp.weight.detach().clone()
+    lookahead = Lookahead(k=2)
+    trainer = make_trainer(tmp_path, [lookahead])
+    trainer.fit(model)
+    assert torch.equal(model.net.layers.inp.weight, frozen_before)
+    trainer.save_checkpoint(tmp_path / "frozen.ckpt")
+    checkpoint = torch.load(tmp_path / "frozen.ckpt", weights_only=False)
+    assert "net.layers.inp.weight" not in checkpoint[FAST_WEIGHTS_KEY]
+    assert checkpoint["callbacks"]["Lookahead"]["names"] == [
+        "net.layers.inp.bias",
+        "net.layers.out.weight",
+        "net.layers.out.bias",
+    ]
+
+
+def test_sync_of_large_non_contiguous_and_16_bit_parameters() -> None:
+    # On the CPU the sync runs over slices of CPU_BATCH_NUMEL elements: a parameter larger than
+    # that is split, a large channels-last one is taken whole, a bfloat16 one has a float32 slow
+    # copy, and the batches follow a parameter whose storage changed.
+    module = nn.ModuleDict(
+        {
+            "big": nn.Linear(CPU_BATCH_NUMEL // 100 + 7, 100),
+            "conv": nn.Conv2d(64, CPU_BATCH_NUMEL // 576 + 1, 3).to(
+                memory_format=torch.channels_last
+            ),
+            "bf16": nn.Linear(5, 3).to(torch.bfloat16),
+        }
+    )
+    conv = module["conv"].weight
+    assert conv.numel() > CPU_BATCH_NUMEL and not conv.is_contiguous()
+    weights = SlowWeights(module)
+    slow = {n: p.detach().to(slow_dtype(p.dtype), copy=True) for n, p in module.named_parameters()}
+    for k in range(3):
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if k == 2:  # new storage, as when a module moves: the sync must follow it
+                    p.data = p.data.clone(memory_format=torch.preserve_format)
+                p.add_(torch.randn_like(p))
+                slow[name] += 0.3 * (p.to(slow[name].dtype) - slow[name])
+        weights.sync(0.3)
+        synced, _ = weights.tensors(full=True)
+        for name, p in module.named_parameters():
+            assert torch.allclose(synced[name], slow[name], atol=1e-6), (k, name)
+            assert synced[name].dtype == slow[name].dtype
+            assert torch.equal(p, synced[name].to(p.dtype)), (k, name)
+
+
+# ---------------------------------------------------------------- checkpoints and exact resume
+
+
+def _run(
+    tmp_path: Path, name: str, model: Net, max_epochs: int, ckpt_path: Any = None, **kw: Any
+) -> Any:
+    """Fit with Lookahead(k=3) + SlowWeightSwap, validating each epoch and checkpointing each epoch
+    (5 batches per epoch: the first checkpoint, `epoch=0-step=5`, is 2 steps into a cycle)."""
+    lookahead = Lookahead(k=3, alpha=0.5, final_weights=kw.pop("final_weights", "fast"))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / name, save_top_k=-1, every_n_epochs=1)
+    trainer = make_trainer(
+        tmp_path / name,
+        [lookahead, SlowWeightSwap(), checkpoint],
+        max_epochs=max_epochs,
+        limit_val_batches=None,
+        enable_checkpointing=True,
+        **kw,
+    )
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return trainer, lookahead
+
+
+def _state(trainer: Any, lookahead: Lookahead, model: Net) -> dict[str, Any]:
+    fast, slow = _fast_and_slow(lookahead, model)
+    optimizer = trainer.optimizers[0].state_dict()["state"]
+    return {"fast": fast, "slow": slow, "optimizer": optimizer, "step": trainer.global_step}
+
+
+def _assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a["step"] == b["step"]
+    assert_equal(a["fast"], b["fast"])
+    assert_equal(a["slow"], b["slow"])
+    for key, state in a["optimizer"].items():
+        assert_equal(state, b["optimizer"][key])
+
+
+def test_resume_mid_cycle_is_bit_exact(tmp_path: Path) -> None:
+    trainer, lookahead = _run(tmp_path, "full", Net("radam"), max_epochs=3)
+    uninterrupted = _state(trainer, lookahead, trainer.lightning_module)
+
+    _run(tmp_path, "first", Net("radam"), max_epochs=1)
+    ckpt = tmp_path / "first" / "epoch=0-step=5.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=False)
+    assert checkpoint["callbacks"]["Lookahead"]["synced_at_step"] == 3  # 2 steps into the cycle
+
+    # A fresh module with other initial weights: everything must come from the checkpoint.
+    resumed_model = Net("radam", seed=7)
+    trainer, lookahead = _run(tmp_path, "resumed", resumed_model, max_epochs=3, ckpt_path=ckpt)
+    _assert_same_state(_state(trainer, lookahead, resumed_model), uninterrupted)
+
+
+def test_checkpoint_layout_and_load_from_checkpoint(tmp_path: Path) -> None:
+    trainer, lookahead = _run(tmp_path, "run", Net("radam"), max_epochs=1)
+    fast, slow = _fast_and_slow(lookahead, trainer.lightning_module)
+    checkpoint = torch.load(tmp_path / "run" / "epoch=0-step=5.ckpt", weights_only=False)
+    assert_equal({n: checkpoint["state_dict"][n] for n in slow}, slow)
+    assert_equal(checkpoint[FAST_WEIGHTS_KEY], fast)
+    assert not torch.equal(slow["net.layers.out.weight"], fast["net.layers.out.weight"])
+    deployed = Net.load_from_checkpoint(tmp_path / "run" / "epoch=0-step=5.ckpt")
+    assert_equal(params(deployed), slow)
+
+
+@pytest.mark.parametrize("final_weights", ["slow", "fast"])
+def test_checkpoint_saved_after_fit_resumes_the_same(tmp_path: Path, final_weights: str) -> None:
+    trainer, lookahead = _run(tmp_path, "full", Net("radam"), max_epochs=3)
+    uninterrupted = _state(trainer, lookahead, trainer.lightning_module)
+
+    trainer, _ = _run(tmp_path, "first", Net("radam"), max_epochs=1, final_weights=final_weights)
+    trainer.save_checkpoint(tmp_path / "after_fit.ckpt")
+    resumed_model = Net("radam", seed=7)
+    trainer, lookahead = _run(
+        tmp_path, "resumed", resumed_model, max_epochs=3, ckpt_path=tmp_path / "after_fit.ckpt"
+    )
+    _assert_same_state(_state(trainer, lookahead, resumed_model), uninterrupted)
+
+
+def test_resume_is_keyed_by_name_not_by_position(tmp_path: Path) -> None:
+    # Stateless SGD, so that the optimizer state (saved by position) plays no part.
+    trainer, lookahead = _run(tmp_path, "full", Net("plain_sgd"), max_epochs=3)
+    uninterrupted = _state(trainer, lookahead, trainer.lightning_module)
+    _run(tmp_path, "first", Net("plain_sgd"), max_epochs=1)
+
+    reordered = Net("plain_sgd", reorder=True, seed=7)
+    assert [n for n, _ in reordered.named_parameters()] != list(uninterrupted["fast"])
+    ckpt = tmp_path / "first" / "epoch=0-step=5.ckpt"
+    trainer, lookahead = _run(tmp_path, "resumed", reordered, max_epochs=3, ckpt_path=ckpt)
+    resumed = _state(trainer, lookahead, reordered)
+    assert_equal(resumed["fast"], uninterrupted["fast"])
+    assert_equal(resumed["slow"], uninterrupted["slow"])
+
+
+def test_resume_with_other_trainable_parameters_fails_clearly(tmp_path: Path) -> None:
+    _run(tmp_path, "first", Net("plain_sgd"), max_epochs=1)
+    frozen = Net("plain_sgd", frozen=("layers.out.bias",))
+    with pytest.raises(ValueError, match=r"do not match .*not trainable in the module: \[\]"):
+        _run(
+            tmp_path,
+            "resumed",
+            frozen,
+            max_epochs=2,
+            ckpt_path=tmp_path / "first" / "epoch=0-step=5.ckpt",
+        )
+
+
+def test_resume_from_a_checkpoint_without_lookahead_starts_from_its_weights(tmp_path: Path) -> None:
+    first = make_trainer(tmp_path / "plain", [], max_epochs=1)
+    first.fit(Net("plain_sgd"))
+    first.save_checkpoint(tmp_path / "plain.ckpt")
+    start = params(first.lightning_module)
+
+    lookahead = Lookahead(k=3, final_weights="fast")
+    trainer = make_trainer(tmp_path, [lookahead], max_epochs=2)
+    model = Net("plain_sgd", seed=7)
+    trainer.fit(model, ckpt_path=tmp_path / "plain.ckpt")
+
+    net = TinyNet()
+    net.load_state_dict({n[len("net.") :]: t for n, t in start.items()})
+    # The reference starts at step 5 with a fresh cycle: 5 more steps, one sync after 3.
+    ref_fast, ref_slow = reference_lookahead(
+        net,
+        [make_optimizer("plain_sgd", net.parameters(), 0.05)],
+        batches_of(make_data(20), 4),
+        epochs=1,
+        k=3,
+        alpha=0.5,
+    )
+    fast, slow = _fast_and_slow(lookahead, model)
+    assert_close(fast, _prefixed(ref_fast), atol=1e-6)
+    assert_close(slow, _prefixed(ref_slow), atol=1e-6)
+
+
+# ---------------------------------------------------------------- precisions
+
+
+@pytest.mark.parametrize(
+    ("precision", "param_dtype", "context", "input_dtype"),
+    [
+        ("32-true", torch.float32, None, None),
+        ("bf16-mixed", torch.float32, torch.bfloat16, None),
+        ("bf16-true", torch.bfloat16, None, torch.bfloat16),
+        ("16-true", torch.float16, None, torch.float16),
+    ],
+)
+def test_precisions_match_algorithm_1(
+    tmp_path: Path,
+    precision: str,
+    param_dtype: torch.dtype,
+    context: torch.dtype | None,
+    input_dtype: torch.dtype | None,
+) -> None:
+    model = Net("sgd", lr=0.02, n_batches=7)
+    lookahead = Lookahead(k=3, alpha=0.5, final_weights="fast")
+    make_trainer(tmp_path, [lookahead], precision=precision).fit(model)
+    fast, slow = _fast_and_slow(lookahead, model)
+    assert all(t.dtype == param_dtype for t in fast.values())
+
+    net = TinyNet().to(param_dtype)
+
+    def forward_context() -> Any:
+        return torch.autocast("cpu", dtype=context, enabled=context is not None)
+
+    ref_fast, ref_slow = reference_lookahead(
+        net,
+        [make_optimizer("sgd", net.parameters(), 0.02)],
+        batches_of(make_data(28), 4),
+        epochs=2,
+        k=3,
+        alpha=0.5,
+        forward_context=forward_context,
+        input_dtype=input_dtype,
+    )
+    assert_close(fast, _prefixed(ref_fast), atol=1e-6)
+    # The module holds the slow weights rounded to its dtype.
+    assert_close(slow, {n: t.to(param_dtype) for n, t in _prefixed(ref_slow).items()}, atol=1e-6)
+
+
+def test_bf16_true_slow_weights_are_float32_and_follow_a_float32_run(tmp_path: Path) -> None:
+    def run(precision: str) -> dict[str, torch.Tensor]:
+        lookahead = Lookahead(k=4, alpha=0.5)
+        trainer = make_trainer(tmp_path / precision, [lookahead], precision=precision, max_epochs=4)
+        trainer.fit(Net("sgd", lr=0.01, n_batches=8))
+        trainer.save_checkpoint(tmp_path / f"{precision}.ckpt")
+        state_dict = torch.load(tmp_path / f"{precision}.ckpt", weights_only=False)["state_dict"]
+        return {n: t for n, t in state_dict.items() if "layers" in n}
+
+    slow_bf16, slow_fp32 = run("bf16-true"), run("32-true")
+    assert all(t.dtype == torch.float32 for t in slow_bf16.values())
+    # Not representable in bfloat16: the float32 slow weights keep what bf16 would round away.
+    assert any(not torch.equal(t, t.bfloat16().float()) for t in slow_bf16.values())
+    assert_close(slow_bf16, slow_fp32, atol=2e-2)
+
+
+# ---------------------------------------------------------------- bad input and refused setups
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"k": 0}, ValueError, r"`k` must be a positive int, got 0"),
+        ({"k": -3}, ValueError, r"`k` must be a positive int, got -3"),
+        ({"k": 2.0}, TypeError, r"`k` must be a positive int, got 2.0"),
+        ({"k": True}, TypeError, r"`k` must be a positive int, got True"),
+        ({"alpha": 0.0}, ValueError, r"`alpha` must be in \(0, 1\], got 0.0"),
+        ({"alpha": 1.5}, ValueError, r"`alpha` must be in \(0, 1\], got 1.5"),
+        ({"alpha": -0.1}, ValueError, r"`alpha` must be in \(0, 1\], got -0.1"),
+        ({"alpha": math.nan}, ValueError, r"`alpha` must be in \(0, 1\], got nan"),
+        ({"alpha": "0.5"}, TypeError, r"`alpha` must be a float in \(0, 1\], got '0.5'"),
+        (
+            {"final_weights": "best"},
+            ValueError,
+            r"`final_weights` must be 'slow' or 'fast', got 'best'",
+        ),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        Lookahead(**kwargs)
+
+
+def test_two_lookahead_callbacks_are_refused(tmp_path: Path) -> None:
+    # Lightning itself refuses two callbacks with one `state_key` when the Trainer is built ...
+    with pytest.raises(RuntimeError, match=r"more than one stateful callback of type `Lookahead`"):
+        make_trainer(tmp_path, [Lookahead(), Lookahead(k=3)])
+    # ... and Lookahead at setup, when one was added to `trainer.callbacks` afterwards.
+    trainer = make_trainer(tmp_path, [Lookahead()])
+    trainer.callbacks.append(Lookahead(k=3))
+    with pytest.raises(
+        ValueError, match=r"`Trainer\(callbacks=...\)` has more than one `Lookahead`"
+    ):
+        trainer.fit(Net())
+
+
+@pytest.mark.parametrize("strategy", [FSDPStrategy, DeepSpeedStrategy])
+def test_fsdp1_and_deepspeed_are_refused_at_setup(strategy: type) -> None:
+    # Both need CUDA (and DeepSpeed its package), so the trainer is a stand-in.
+    lookahead = Lookahead()
+    trainer = Mock(strategy=Mock(spec=strategy), callbacks=[lookahead])
+    with pytest.raises(
+        ValueError, match=r"does not support `Trainer\(strategy=.*ModelParallelStrategy"
+    ):
+        lookahead.setup(trainer, Net(), stage="fit")
+
+
+def test_save_weights_only_checkpoints_warn(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_weights_only=True)
+    trainer = make_trainer(
+        tmp_path, [Lookahead(), checkpoint], enable_checkpointing=True, max_epochs=1
+    )
+    with pytest.warns(UserWarning, match=r"save_weights_only=True.*fast weights"):
+        trainer.fit(Net())

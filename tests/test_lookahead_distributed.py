@@ -1,0 +1,129 @@
+"""Lookahead with 2 CPU processes: DDP and FSDP2 (``ModelParallelStrategy`` with ``fully_shard``).
+
+One launch of ``_lookahead_distributed_script.py`` under ``torch.distributed.run`` runs every
+variant (spawn-based tests pay the start-up of Python, torch and Lightning per process, so there is
+a single launch); the tests here compare what it saved. ``torch.distributed.run`` rather than
+Lightning's own launcher: Lightning re-runs the calling script for ``strategy="ddp"``, which under
+pytest would re-run pytest, and ``ddp_spawn`` cannot be used for ``ModelParallelStrategy``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from _lookahead_helpers import (
+    TinyNet,
+    assert_close,
+    assert_equal,
+    batches_of,
+    make_data,
+    reference_lookahead,
+)
+
+from lightning_ranger import RAdam
+from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY
+
+pytestmark = pytest.mark.distributed
+
+TESTS = Path(__file__).parent
+VARIANTS = ("ddp", "fsdp2", "fsdp2_full", "fsdp2_bf16")
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("lookahead_distributed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*command, str(TESTS / "_lookahead_distributed_script.py"), str(out), *VARIANTS],
+        cwd=TESTS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-10000:]
+    return out
+
+
+def _record(out: Path, variant: str, run: str, rank: int) -> dict:
+    return torch.load(out / f"{variant}_{run}_rank{rank}.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One process on the full batches of 4 (each rank takes half of each)."""
+    net = TinyNet()
+    fast, slow = reference_lookahead(
+        net,
+        [RAdam(net.parameters(), lr=0.05)],
+        batches_of(make_data(20), 4),
+        epochs=3,
+        k=3,
+        alpha=0.5,
+    )
+    return {f"net.{n}": t for n, t in fast.items()}, {f"net.{n}": t for n, t in slow.items()}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ranks_agree_and_resume_is_bit_exact(out: Path, variant: str) -> None:
+    uninterrupted = _record(out, variant, "uninterrupted", 0)
+    assert uninterrupted["step"] == 15
+    for key in ("fast", "slow"):
+        assert_equal(_record(out, variant, "uninterrupted", 1)[key], uninterrupted[key])
+        for rank in (0, 1):
+            # Resumed from the epoch-0 checkpoint, 2 steps into a 3-step cycle.
+            assert_equal(_record(out, variant, "resumed", rank)[key], uninterrupted[key])
+
+
+@pytest.mark.parametrize("variant", ["ddp", "fsdp2", "fsdp2_full"])
+def test_two_processes_on_half_batches_match_one_on_full_batches(
+    out: Path, variant: str, reference: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+) -> None:
+    record = _record(out, variant, "uninterrupted", 0)
+    assert_close(record["fast"], reference[0], atol=1e-6)
+    assert_close(record["slow"], reference[1], atol=1e-6)
+
+
+def _read_sharded(path: Path, slow: dict[str, Any], fast: dict[str, Any]) -> tuple[dict, dict]:
+    """The slow and fast weights of a distributed checkpoint as full tensors shaped like ``slow``
+    and ``fast``, read in this single process."""
+    state_dict: dict[str, Any] = {n: torch.empty_like(t) for n, t in slow.items()}
+    state_dict[FAST_WEIGHTS_KEY] = {n: torch.empty_like(t) for n, t in fast.items()}
+    dcp.load({"state_dict": state_dict}, checkpoint_id=path)
+    return {n: state_dict[n] for n in slow}, state_dict[FAST_WEIGHTS_KEY]
+
+
+def test_sharded_checkpoint_holds_per_rank_shards_of_both_weights(out: Path) -> None:
+    path = out / "fsdp2" / "first" / "epoch=0-step=5.ckpt"
+    assert {"__0_0.distcp", "__1_0.distcp", "meta.pt"} <= {p.name for p in path.iterdir()}
+    metadata = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    first = _record(out, "fsdp2", "first", 0)
+    for name, fast in first["fast"].items():
+        for key in (f"state_dict.{name}", f"state_dict.{FAST_WEIGHTS_KEY}.{name}"):
+            assert len(metadata[key].chunks) == (2 if fast.shape[0] > 1 else 1), key
+    slow, fast = _read_sharded(path, first["slow"], first["fast"])
+    assert_equal(slow, first["slow"])
+    assert_equal(fast, first["fast"])
+    callbacks = torch.load(path / "meta.pt", weights_only=False)["callbacks"]
+    assert callbacks["Lookahead"] == {"synced_at_step": 3, "names": list(first["fast"])}
+
+
+def test_bf16_true_slow_shards_are_float32_and_follow_a_float32_run(
+    out: Path, reference: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+) -> None:
+    path = out / "fsdp2_bf16" / "uninterrupted" / "epoch=2-step=15.ckpt"
+    metadata = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    for name in reference[1]:
+        assert metadata[f"state_dict.{name}"].properties.dtype == torch.float32
+        assert metadata[f"state_dict.{FAST_WEIGHTS_KEY}.{name}"].properties.dtype == torch.bfloat16
+    slow, _ = _read_sharded(path, reference[1], reference[0])
+    assert any(not torch.equal(t, t.bfloat16().float()) for t in slow.values())
+    assert_close(slow, reference[1], atol=2e-2)
