@@ -1,0 +1,249 @@
+"""Shared pieces of the RectificationMonitor tests.
+
+A tiny regressor, a quiet ``_train`` helper, readers for TensorBoard event files, and a callback
+that computes the expected statistics by hand (numpy, float64) from the optimizer state after every
+optimizer step. Run as a script under ``torchrun --nproc_per_node=2`` it trains the same model with
+DDP and then with FSDP2 (``ModelParallelStrategy``) and writes their logs under ``argv[1]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from lightning_ranger import RAdam
+from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
+
+N_SAMPLES = 96
+#: Two param groups (first and second linear layer) with different beta2 and thresholds.
+TWO_GROUPS = [
+    {"betas": (0.9, 0.999)},
+    {"betas": (0.8, 0.95), "rectify_threshold": 8.0},
+]
+
+
+def dataset() -> TensorDataset:
+    generator = torch.Generator().manual_seed(1234)
+    x = torch.randn(N_SAMPLES, 6, generator=generator)
+    y = torch.randn(N_SAMPLES, 3, generator=generator)
+    return TensorDataset(x, y)
+
+
+class Regressor(LightningModule):
+    """``Linear(6, hidden) -> Tanh -> Linear(hidden, 3)`` with an MSE loss on a fixed dataset.
+
+    Args:
+        optimizer: ``"radam"`` (lightning_ranger), ``"adam"``, ``"adamax"``, ``"sgd"`` (torch).
+        groups: options of one param group per linear layer; ``None``: one group for all.
+        batch_size: per process; the samples are read in order (a distributed run splits each
+            global batch across ranks with ``DistributedSampler(shuffle=False)``).
+        two_optimizers: one optimizer per linear layer, stepped manually one after the other.
+        hidden: width of the hidden layer (``10 * hidden + 3`` parameters).
+
+    """
+
+    def __init__(
+        self,
+        optimizer: str = "radam",
+        groups: list[dict[str, Any]] | None = None,
+        batch_size: int = 8,
+        two_optimizers: bool = False,
+        hidden: int = 8,
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(6, hidden), nn.Tanh(), nn.Linear(hidden, 3))
+        self.optimizer_name = optimizer
+        self.groups = groups
+        self.batch_size = batch_size
+        self.two_optimizers = two_optimizers
+        self.automatic_optimization = not two_optimizers
+
+    def configure_model(self) -> None:
+        if self.device_mesh is None:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for layer in (self.net[0], self.net[2]):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(self.net, mesh=mesh)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x), y)
+        if self.two_optimizers:
+            for optimizer in self.optimizers():
+                optimizer.zero_grad()
+            self.manual_backward(loss)
+            for optimizer in self.optimizers():
+                optimizer.step()
+        return loss
+
+    def _optimizer(self, params: Any, **options: Any) -> torch.optim.Optimizer:
+        if self.optimizer_name == "radam":
+            return RAdam(params, lr=1e-2, **options)
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(params, lr=1e-2, **options)
+        cls = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}[self.optimizer_name]
+        return cls(params, lr=1e-2, **options)
+
+    def configure_optimizers(self) -> Any:
+        layers = (self.net[0], self.net[2])
+        if self.two_optimizers:
+            return [self._optimizer(layer.parameters()) for layer in layers]
+        if self.groups is None:
+            return self._optimizer(self.parameters())
+        return self._optimizer(
+            [
+                {"params": layer.parameters(), **g}
+                for layer, g in zip(layers, self.groups, strict=True)
+            ]
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        data = dataset()
+        sampler = None
+        if self.trainer.world_size > 1:
+            sampler = DistributedSampler(
+                data, self.trainer.world_size, self.trainer.global_rank, shuffle=False
+            )
+        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, shuffle=False)
+
+
+def tb_logger(root: Path) -> TensorBoardLogger:
+    return TensorBoardLogger(root, name="", version=0, default_hp_metric=False)
+
+
+def trainer(root: Path, max_steps: int, callbacks: list[Callback], **kwargs: Any) -> Trainer:
+    """A quiet CPU Trainer logging every step to TensorBoard under ``root`` (or to ``logger``)."""
+    kwargs.setdefault("logger", tb_logger(root))
+    kwargs.setdefault("accelerator", "cpu")
+    kwargs.setdefault("devices", 1)
+    kwargs.setdefault("log_every_n_steps", 1)
+    return Trainer(
+        default_root_dir=root,
+        max_steps=max_steps,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        **kwargs,
+    )
+
+
+def events(root: Path) -> EventAccumulator:
+    """The events :func:`tb_logger` wrote under ``root``."""
+    accumulator = EventAccumulator(
+        str(root / "version_0"), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}
+    )
+    accumulator.Reload()
+    return accumulator
+
+
+def scalars(accumulator: EventAccumulator, tag: str) -> dict[int, float]:
+    return {e.step: e.value for e in accumulator.Scalars(tag)}
+
+
+def tf_bucket_limits() -> np.ndarray:
+    """TensorBoard's default positive histogram buckets, written down independently."""
+    limits = [1e-12]
+    while limits[-1] < 1e20:
+        limits.append(limits[-1] * 1.1)
+    return np.array([*limits, np.finfo(np.float64).max])
+
+
+class Reference(Callback):
+    """After every optimizer step, the expected values of every group, computed by hand.
+
+    ``self.values[global_step][(optimizer index, group index)]`` holds ``t``, ``mean``, ``var``,
+    ``min``, ``max``, ``count``, ``sum``, ``sum_sq`` and the bucket ``counts`` (per right limit
+    of :func:`tf_bucket_limits`) of ``l_t = sqrt(1 - beta2^t) / (sqrt(v) + eps)`` over the group.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[int, dict[tuple[int, int], dict[str, Any]]] = {}
+        self.limits = tf_bucket_limits()
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        if trainer.global_step in self.values or trainer.world_size > 1:
+            return
+        step_values = self.values[trainer.global_step] = {}
+        for j, optimizer in enumerate(trainer.optimizers):
+            for i, group in enumerate(optimizer.param_groups):
+                states = [optimizer.state[p] for p in group["params"] if optimizer.state.get(p)]
+                if not states or "exp_avg_sq" not in states[0]:
+                    continue
+                beta2, eps = group["betas"][1], group["eps"]
+                parts = []
+                for state in states:
+                    t = float(state["step"])
+                    v = state["exp_avg_sq"].detach().double().numpy().ravel()
+                    parts.append(math.sqrt(1.0 - beta2**t) / (np.sqrt(v) + eps))
+                lr = np.concatenate(parts)
+                step_values[(j, i)] = {
+                    "t": float(states[0]["step"]),
+                    "mean": lr.mean(),
+                    "var": lr.var(),
+                    "min": lr.min(),
+                    "max": lr.max(),
+                    "count": lr.size,
+                    "sum": lr.sum(),
+                    "sum_sq": (lr * lr).sum(),
+                    "counts": np.bincount(
+                        np.searchsorted(self.limits, lr, side="left"), minlength=len(self.limits)
+                    ),
+                }
+
+
+def _distributed_main(out: Path) -> None:
+    """Train with DDP, then FSDP2, in the 2 processes torchrun started; logs under ``out``."""
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+    from torch.distributed.tensor import DTensor
+
+    strategies = {
+        "ddp": DDPStrategy(),
+        "fsdp2": ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+    }
+    facts: dict[str, Any] = {}
+    for name, strategy in strategies.items():
+        model = Regressor(groups=TWO_GROUPS, batch_size=4)
+        fit = trainer(
+            out / name,
+            max_steps=12,
+            callbacks=[RectificationMonitor(logging_interval=1)],
+            devices=2,
+            strategy=strategy,
+            use_distributed_sampler=False,
+        )
+        fit.fit(model)
+        optimizer = fit.optimizers[0]
+        v = [optimizer.state[p]["exp_avg_sq"] for g in optimizer.param_groups for p in g["params"]]
+        facts[name] = {
+            "world_size": fit.world_size,
+            "dtensor": all(isinstance(t, DTensor) for t in v),
+            "local_numel": sum(
+                t.to_local().numel() if isinstance(t, DTensor) else t.numel() for t in v
+            ),
+            "global_step": fit.global_step,
+        }
+        all_facts: list[Any] = [None] * fit.world_size
+        torch.distributed.all_gather_object(all_facts, facts[name])
+        facts[name] = all_facts
+    if torch.distributed.get_rank() == 0:
+        (out / "facts.json").write_text(json.dumps(facts))
+
+
+if __name__ == "__main__":
+    _distributed_main(Path(sys.argv[1]))

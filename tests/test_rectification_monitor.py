@@ -1,0 +1,265 @@
+"""RectificationMonitor on one process: names, closed forms, statistics by hand, bad input."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from _monitor_helpers import TWO_GROUPS, Reference, Regressor, events, scalars, trainer
+from lightning.pytorch.loggers import CSVLogger
+from tensorboard.plugins.custom_scalar import layout_pb2
+
+from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
+
+METRICS = ["rho_t", "r_t", "rho_t_threshold", "r_t_linear_warmup"]
+METRICS += ["adaptive_lr_mean", "adaptive_lr_var"]
+
+
+def closed_form(t: float, beta2: float, threshold: float) -> dict[str, float]:
+    """rho_t, r_t (0 up to the threshold), the threshold and the linear warmup, by the paper."""
+    r_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = r_inf - 2.0 * t * beta2**t / (1.0 - beta2**t)
+    r_t = 0.0
+    if rho_t > threshold:
+        r_t = math.sqrt((rho_t - 4) * (rho_t - 2) * r_inf / ((r_inf - 4) * (r_inf - 2) * rho_t))
+    warmup = min(1.0, t / (2.0 / (1.0 - beta2)))
+    return {"rho_t": rho_t, "r_t": r_t, "rho_t_threshold": threshold, "r_t_linear_warmup": warmup}
+
+
+def check_group(accumulator, reference, key, suffix, beta2, threshold, steps) -> None:
+    """Every series of one group equals the closed forms and the statistics by hand."""
+    series = {m: scalars(accumulator, f"rectification/{m}{suffix}") for m in METRICS}
+    for metric, values in series.items():
+        assert sorted(values) == steps, metric
+    for step in steps:
+        expected = reference.values[step][key]
+        for metric, value in closed_form(expected["t"], beta2, threshold).items():
+            assert series[metric][step] == pytest.approx(value, rel=1e-6, abs=1e-12), metric
+        assert series["adaptive_lr_mean"][step] == pytest.approx(expected["mean"], rel=1e-4)
+        assert series["adaptive_lr_var"][step] == pytest.approx(expected["var"], rel=1e-3)
+
+
+def check_histograms(accumulator, reference, key, suffix, steps) -> None:
+    """Histograms hold every element: exact counts per TensorBoard bucket, min, max and sums."""
+    histograms = accumulator.Histograms(f"rectification/adaptive_lr{suffix}")
+    assert [h.step for h in histograms] == steps
+    for event in histograms:
+        h, expected = event.histogram_value, reference.values[event.step][key]
+        assert h.num == expected["count"]
+        for field in ("min", "max", "sum", "sum_sq"):
+            got = getattr(h, "sum_squares" if field == "sum_sq" else field)
+            assert got == pytest.approx(expected[field], rel=1e-5), field
+        limits = reference.limits
+        filled = np.flatnonzero(expected["counts"])
+        first, last = max(filled[0] - 1, 0), filled[-1] + 1
+        np.testing.assert_allclose(h.bucket_limit, limits[first:last], rtol=1e-9)
+        np.testing.assert_array_equal(h.bucket, expected["counts"][first:last])
+
+
+def fit(tmp_path, model, monitor, max_steps=12, **kwargs):
+    reference = Reference()
+    run = trainer(tmp_path, max_steps, [monitor, reference], **kwargs)
+    run.fit(model)
+    return run, events(tmp_path), reference
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"logging_interval": 0}, ValueError, r"`logging_interval` must be a positive int .*got 0"),
+        ({"logging_interval": -3}, ValueError, r"`logging_interval` must be a positive int"),
+        ({"logging_interval": 2.5}, TypeError, r"`logging_interval` must be .* got 2.5"),
+        ({"logging_interval": "5"}, TypeError, r"`logging_interval` must be .* got '5'"),
+        ({"logging_interval": True}, TypeError, r"`logging_interval` must be .* got True"),
+        ({"log_histograms": 1}, TypeError, r"`log_histograms` must be a bool, got 1"),
+        ({"log_histograms": None}, TypeError, r"`log_histograms` must be a bool, got None"),
+    ],
+)
+def test_bad_arguments_raise_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        RectificationMonitor(**kwargs)
+
+
+def test_two_param_groups_every_step(tmp_path):
+    """RAdam with two groups (beta2 0.999 / 0.95, thresholds 5 / 8): every series at every step."""
+    _, accumulator, reference = fit(
+        tmp_path, Regressor(groups=TWO_GROUPS), RectificationMonitor(logging_interval=1)
+    )
+    steps = list(range(1, 13))
+    expected_tags = {f"rectification/{m}/pg{i}" for m in METRICS for i in (1, 2)}
+    assert set(accumulator.Tags()["scalars"]) == expected_tags
+    for i, group in enumerate(TWO_GROUPS):
+        beta2, threshold = group["betas"][1], group.get("rectify_threshold", 5.0)
+        check_group(accumulator, reference, (0, i), f"/pg{i + 1}", beta2, threshold, steps)
+        check_histograms(accumulator, reference, (0, i), f"/pg{i + 1}", steps)
+    # Both sides of each threshold are in the logs: r_t jumps from 0 to > 0 at 6 and at 9.
+    for suffix, first_rectified in (("/pg1", 6), ("/pg2", 9)):
+        r_t = scalars(accumulator, f"rectification/r_t{suffix}")
+        assert all(r_t[s] == 0.0 for s in steps if s < first_rectified)
+        assert all(r_t[s] > 0.0 for s in steps if s >= first_rectified)
+
+
+def test_custom_scalars_layout(tmp_path):
+    _, accumulator, _ = fit(
+        tmp_path, Regressor(groups=TWO_GROUPS), RectificationMonitor(), max_steps=2
+    )
+    (config,) = accumulator.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    (category,) = layout.category
+    assert category.title == "rectification"
+    charts = {c.title: list(c.multiline.tag) for c in category.chart}
+    assert sorted(charts) == [
+        "r_t/pg1 vs r_t_linear_warmup",
+        "r_t/pg2 vs r_t_linear_warmup",
+        "rho_t/pg1 vs rho_t_threshold",
+        "rho_t/pg2 vs rho_t_threshold",
+    ]
+    tags = [f"rectification/{m}/pg{i}" for m in METRICS for i in (1, 2)]
+    for title, patterns in charts.items():
+        metric, suffix, companion = re.fullmatch(r"(\w+)(/pg\d) vs (\w+)", title).groups()
+        # TensorBoard selects the tags a pattern `re.match`es: exactly the pair of this chart.
+        matched = [[t for t in tags if re.match(p, t)] for p in patterns]
+        assert matched == [
+            [f"rectification/{metric}{suffix}"],
+            [f"rectification/{companion}{suffix}"],
+        ]
+    # A TensorBoardLogger(prefix="run") logs "run-rectification/...": the patterns allow it.
+    assert re.match(charts["rho_t/pg1 vs rho_t_threshold"][0], "run-rectification/rho_t/pg1")
+
+
+def test_torch_adam_every_five_steps(tmp_path):
+    """torch.optim.Adam, one group (no suffix, threshold 5): 4 points in 20 steps."""
+    _, accumulator, reference = fit(
+        tmp_path,
+        Regressor(optimizer="adam"),
+        RectificationMonitor(logging_interval=5),
+        max_steps=20,
+    )
+    steps = [5, 10, 15, 20]
+    check_group(accumulator, reference, (0, 0), "", 0.999, 5.0, steps)
+    check_histograms(accumulator, reference, (0, 0), "", steps)
+    assert scalars(accumulator, "rectification/r_t")[5] == 0.0
+    assert scalars(accumulator, "rectification/r_t")[10] > 0.0
+
+
+def test_histogram_of_a_large_group_counts_a_strided_sample(tmp_path):
+    """70003 elements > 65536: buckets of a random half, scaled; num, min, max, sums exact."""
+    _, accumulator, reference = fit(
+        tmp_path, Regressor(hidden=7000), RectificationMonitor(logging_interval=4), max_steps=8
+    )
+    check_group(accumulator, reference, (0, 0), "", 0.999, 5.0, [4, 8])
+    for event in accumulator.Histograms("rectification/adaptive_lr"):
+        h, expected = event.histogram_value, reference.values[event.step][(0, 0)]
+        assert h.num == expected["count"] == 70003
+        for field in ("min", "max", "sum", "sum_sq"):
+            got = getattr(h, "sum_squares" if field == "sum_sq" else field)
+            assert got == pytest.approx(expected[field], rel=1e-5), field
+        assert sum(h.bucket) == pytest.approx(70003, rel=1e-9)
+        # The sample's distribution over the buckets is the full one's, up to sampling noise.
+        first = int(np.argmin(np.abs(reference.limits / h.bucket_limit[0] - 1.0)))
+        np.testing.assert_allclose(h.bucket_limit, reference.limits[first:][: len(h.bucket)])
+        sampled = np.zeros(len(reference.limits))
+        sampled[first : first + len(h.bucket)] = h.bucket
+        distance = np.abs(sampled - expected["counts"]).sum() / 2 / 70003
+        assert distance < 0.02
+
+
+def test_default_interval_is_log_every_n_steps_and_no_histograms(tmp_path):
+    _, accumulator, reference = fit(
+        tmp_path,
+        Regressor(),
+        RectificationMonitor(log_histograms=False),
+        max_steps=10,
+        log_every_n_steps=4,
+    )
+    check_group(accumulator, reference, (0, 0), "", 0.999, 5.0, [4, 8])
+    assert accumulator.Tags()["histograms"] == []
+
+
+def test_group_names_and_two_optimizers(tmp_path):
+    """A group's `name` replaces `pg{i}`; several optimizers add `/opt{j}` before it."""
+    groups = [{"name": "encoder", "betas": (0.9, 0.99)}, {"betas": (0.9, 0.999)}]
+    _, accumulator, reference = fit(
+        tmp_path / "named", Regressor(groups=groups), RectificationMonitor(logging_interval=3)
+    )
+    check_group(accumulator, reference, (0, 0), "/encoder", 0.99, 5.0, [3, 6, 9, 12])
+    check_group(accumulator, reference, (0, 1), "/pg2", 0.999, 5.0, [3, 6, 9, 12])
+
+    # Manual optimization: each batch steps both optimizers, so global_step counts 2 per batch
+    # while each optimizer's `t` counts 1; the x-axis is global_step, rho_t follows `t`.
+    _, accumulator, reference = fit(
+        tmp_path / "two",
+        Regressor(two_optimizers=True),
+        RectificationMonitor(logging_interval=4),
+        max_steps=16,
+    )
+    assert set(accumulator.Tags()["scalars"]) == {
+        f"rectification/{m}/opt{j}" for m in METRICS for j in (1, 2)
+    }
+    for j in (1, 2):
+        check_group(accumulator, reference, (j - 1, 0), f"/opt{j}", 0.999, 5.0, [4, 8, 12, 16])
+        assert reference.values[16][(j - 1, 0)]["t"] == 8.0
+
+
+def test_duplicate_group_names_raise(tmp_path):
+    groups = [{"name": "same"}, {"name": "same"}]
+    run = trainer(tmp_path, 2, [RectificationMonitor()])
+    with pytest.raises(ValueError, match=r"several param groups logged as \['/same'\]"):
+        run.fit(Regressor(groups=groups))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamax"])
+def test_unsupported_optimizer_says_so_once_and_logs_nothing(tmp_path, caplog, optimizer):
+    """SGD has no `betas` (known at start); Adamax has no `exp_avg_sq` (known at the 1st step)."""
+    with caplog.at_level(logging.INFO):
+        run, accumulator, _ = fit(
+            tmp_path, Regressor(optimizer=optimizer), RectificationMonitor(logging_interval=1), 6
+        )
+    messages = [r.getMessage() for r in caplog.records if "nothing to monitor" in r.getMessage()]
+    assert len(messages) == 1
+    assert type(run.optimizers[0]).__name__ in messages[0]
+    assert run.global_step == 6
+    assert not [t for t in accumulator.Tags()["scalars"] if t.startswith("rectification")]
+
+
+def test_no_logger_warns_and_training_continues(tmp_path):
+    run = trainer(tmp_path, 4, [RectificationMonitor(logging_interval=1)], logger=False)
+    with pytest.warns(UserWarning, match="`RectificationMonitor` has no logger to write to"):
+        run.fit(Regressor())
+    assert run.global_step == 4
+
+
+def test_csv_logger_takes_scalars_and_no_histograms(tmp_path, caplog):
+    logger = CSVLogger(tmp_path, name="", version=0)
+    with caplog.at_level(logging.INFO):
+        run = trainer(tmp_path, 6, [RectificationMonitor(logging_interval=2)], logger=logger)
+        run.fit(Regressor())
+    assert any("CSVLogger takes no histograms" in r.getMessage() for r in caplog.records)
+    with open(tmp_path / "version_0" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["rectification/rho_t"]]
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    for row in rows:
+        expected = closed_form(int(row["step"]), 0.999, 5.0)
+        assert float(row["rectification/rho_t"]) == pytest.approx(expected["rho_t"], rel=1e-9)
+        assert float(row["rectification/r_t"]) == pytest.approx(expected["r_t"], rel=1e-9)
+
+
+def test_monitor_does_not_change_training(tmp_path):
+    """Same weights and optimizer state after 12 steps with and without the monitor."""
+    results = []
+    for name, callbacks in (("with", [RectificationMonitor(logging_interval=1)]), ("without", [])):
+        model = Regressor(groups=TWO_GROUPS)
+        run = trainer(tmp_path / name, 12, callbacks)
+        run.fit(model)
+        results.append((model.state_dict(), run.optimizers[0].state_dict()["state"]))
+    (params_a, state_a), (params_b, state_b) = results
+    for key in params_a:
+        torch.testing.assert_close(params_a[key], params_b[key], rtol=0, atol=0)
+    for index in state_a:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(state_a[index][key], state_b[index][key], rtol=0, atol=0)

@@ -1,0 +1,73 @@
+"""RectificationMonitor with 2 CPU processes (gloo): DDP and FSDP2 log the single-process values.
+
+The 2-process run is ``tests/_monitor_helpers.py`` under ``torchrun``, in a subprocess: both
+``DDPStrategy`` and ``ModelParallelStrategy`` launch their processes by re-running the command
+line, which inside pytest would re-run the test session. Under torchrun the processes exist from
+the start, so one launch trains with DDP and then with FSDP2 in the same process group (one
+process start-up for both, which keeps this test at about half a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _monitor_helpers import TWO_GROUPS, Reference, Regressor, events, scalars, trainer
+
+from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
+
+HELPERS = Path(__file__).with_name("_monitor_helpers.py")
+STEPS = list(range(1, 13))
+EXACT = ["rho_t", "r_t", "rho_t_threshold", "r_t_linear_warmup"]
+
+
+@pytest.mark.distributed
+def test_ddp_and_fsdp2_give_single_process_values(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", str(HELPERS), str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    facts = json.loads((tmp_path / "facts.json").read_text())
+    assert [f["world_size"] for f in facts["ddp"]] == [2, 2]
+    assert [f["global_step"] for f in facts["ddp"] + facts["fsdp2"]] == [12] * 4
+    # DDP replicates the state (83 elements on each rank); FSDP2 splits it into DTensor shards.
+    assert [(f["dtensor"], f["local_numel"]) for f in facts["ddp"]] == [(False, 83)] * 2
+    assert all(f["dtensor"] for f in facts["fsdp2"])
+    assert sum(f["local_numel"] for f in facts["fsdp2"]) == 83
+    assert all(f["local_numel"] < 83 for f in facts["fsdp2"])
+
+    # One process, the same 8 samples per step that the two ranks of 4 read together.
+    reference = Reference()
+    single = trainer(tmp_path / "single", 12, [RectificationMonitor(logging_interval=1), reference])
+    single.fit(Regressor(groups=TWO_GROUPS, batch_size=8))
+    expected = events(tmp_path / "single")
+
+    for i in (1, 2):
+        # The single-process run itself matches the statistics computed by hand.
+        mean = scalars(expected, f"rectification/adaptive_lr_mean/pg{i}")
+        for step in STEPS:
+            assert mean[step] == pytest.approx(reference.values[step][(0, i - 1)]["mean"], rel=1e-4)
+        for name in ("ddp", "fsdp2"):
+            got = events(tmp_path / name)
+            assert set(got.Tags()["scalars"]) == set(expected.Tags()["scalars"])
+            for metric in EXACT:
+                tag = f"rectification/{metric}/pg{i}"
+                assert scalars(got, tag) == pytest.approx(scalars(expected, tag), rel=1e-6)
+            for metric, rel in (("adaptive_lr_mean", 1e-4), ("adaptive_lr_var", 1e-3)):
+                tag = f"rectification/{metric}/pg{i}"
+                assert scalars(got, tag) == pytest.approx(scalars(expected, tag), rel=rel), name
+            tag = f"rectification/adaptive_lr/pg{i}"
+            histograms = got.Histograms(tag)
+            assert [h.step for h in histograms] == STEPS
+            for h, e in zip(histograms, expected.Histograms(tag), strict=True):
+                h, e = h.histogram_value, e.histogram_value
+                assert h.num == e.num == {1: 56, 2: 27}[i]  # 6 * 8 + 8, 8 * 3 + 3
+                for field in ("min", "max", "sum", "sum_squares"):
+                    assert getattr(h, field) == pytest.approx(getattr(e, field), rel=1e-4)
+                np.testing.assert_array_equal(h.bucket, e.bucket)
+                np.testing.assert_array_equal(h.bucket_limit, e.bucket_limit)
