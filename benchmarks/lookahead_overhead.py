@@ -20,55 +20,15 @@ Run: ``python benchmarks/lookahead_overhead.py`` (about a minute on 2 CPU cores;
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torchvision
+from _timing import fmt_ms, interleaved, ratio, timer
 
 from lightning_ranger import RAdam
 from lightning_ranger.callbacks._slow_weights import SlowWeights
 
 SYNC_BAR, OVERHEAD_BAR = 1.3, 0.01
-
-
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    def time_it(fn: Callable[[], object]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    return time_it
-
-
-def interleaved(
-    variants: dict[str, Callable[[], object]], reps: int, time_it: Callable[..., float]
-) -> dict[str, tuple[float, float]]:
-    """``(median, minimum)`` seconds per variant; every repetition runs each variant once, after
-    one warm-up run of each."""
-    for fn in variants.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            times[name].append(time_it(fn))
-    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
-
-
-def _ratio(
-    a: tuple[float, float], b: tuple[float, float], scale: float = 1.0
-) -> tuple[float, float]:
-    """``a / (scale * b)`` for the medians and for the minima."""
-    return a[0] / (scale * b[0]), a[1] / (scale * b[1])
-
-
-def _ms(t: tuple[float, float]) -> str:
-    return f"{t[0] * 1e3:.2f} ms (min {t[1] * 1e3:.2f})"
 
 
 def main() -> None:
@@ -81,7 +41,7 @@ def main() -> None:
     parser.add_argument("--device", default=default_device)
     args = parser.parse_args()
     device = torch.device(args.device)
-    time_it = _timer(device)
+    time_it = timer(device)
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18().to(device)
@@ -109,8 +69,8 @@ def main() -> None:
     # The add moves 3 x 4 bytes per element, the sync's bound 4 x 4 bytes.
     bound = (t["add"][0] * 4 / 3, t["add"][1] * 4 / 3)
     bandwidth = 3 * 4 * numel / t["add"][0]
-    sync_ratio = _ratio(t["sync"], bound)
-    amortized = _ratio(t["sync"], t["radam"], scale=args.k)
+    sync_ratio = ratio(t["sync"], bound)
+    amortized = ratio(t["sync"], t["radam"], scale=args.k)
 
     # 3: training steps interleaved with syncs.
     x = torch.randn(args.batch_size, 3, 32, 32, device=device)
@@ -126,7 +86,7 @@ def main() -> None:
     steps = interleaved(
         {"train": train_step, "sync": lambda: slow.sync(0.5)}, args.train_reps, time_it
     )
-    overhead = _ratio(steps["sync"], steps["train"], scale=args.k)
+    overhead = ratio(steps["sync"], steps["train"], scale=args.k)
 
     def bar(value: float, limit: float) -> str:
         return "met" if value <= limit else "NOT met"
@@ -137,17 +97,19 @@ def main() -> None:
         "medians (minima) of interleaved runs"
     )
     print(
-        f"1. one sync: {_ms(t['sync'])}; memory bound {_ms(bound)} = 4 x {4 * numel / 1e6:.1f} MB "
+        f"1. one sync: {fmt_ms(t['sync'])}; memory bound {fmt_ms(bound)} = "
+        f"4 x {4 * numel / 1e6:.1f} MB "
         f"at the in-place-add bandwidth ({bandwidth / 1e9:.2f} GB/s): {sync_ratio[0]:.2f}x "
         f"({sync_ratio[1]:.2f}x) the bound; bar <= {SYNC_BAR}x {bar(sync_ratio[0], SYNC_BAR)}"
     )
     print(
         f"2. amortized at k={args.k}: {amortized[0]:.1%} ({amortized[1]:.1%}) of a RAdam step "
-        f"({_ms(t['radam'])})"
+        f"({fmt_ms(t['radam'])})"
     )
     print(
-        f"3. training step (batch {args.batch_size}, 32x32 inputs, RAdam): {_ms(steps['train'])};"
-        f" one sync every {args.k} steps ({_ms(steps['sync'])}) adds {overhead[0]:.2%} "
+        f"3. training step (batch {args.batch_size}, 32x32 inputs, RAdam): "
+        f"{fmt_ms(steps['train'])};"
+        f" one sync every {args.k} steps ({fmt_ms(steps['sync'])}) adds {overhead[0]:.2%} "
         f"({overhead[1]:.2%}); bar <= {OVERHEAD_BAR:.0%} {bar(overhead[0], OVERHEAD_BAR)}"
     )
 

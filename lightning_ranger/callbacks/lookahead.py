@@ -26,7 +26,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
@@ -41,15 +40,11 @@ from lightning_ranger.callbacks._slow_weights import (
     slow_dtype,
     trainable_parameters,
 )
+from lightning_ranger.callbacks._strategies import refuse_flat_parameter_strategies
 
 __all__ = ["FAST_WEIGHTS_KEY", "Lookahead", "lookahead_callbacks"]
 
 FAST_WEIGHTS_KEY = "lookahead_fast_weights"
-
-_SUPPORTED = (
-    'a single device, `strategy="ddp"` (or its spawn/fork variants), or `ModelParallelStrategy` '
-    "with `torch.distributed.fsdp.fully_shard` applied in `configure_model` (FSDP2)"
-)
 
 
 class Lookahead(Callback):
@@ -150,13 +145,11 @@ class Lookahead(Callback):
             )
         if stage != TrainerFn.FITTING:
             return
-        strategy = trainer.strategy
-        if isinstance(strategy, (DeepSpeedStrategy, FSDPStrategy)):
-            raise ValueError(
-                f"`Lookahead` does not support `Trainer(strategy={type(strategy).__name__})`: its "
-                "flat-parameter partitions cannot be addressed by parameter name. Use "
-                f"{_SUPPORTED}."
-            )
+        refuse_flat_parameter_strategies(
+            trainer.strategy,
+            "Lookahead",
+            "its flat-parameter partitions cannot be addressed by parameter name",
+        )
         checkpoints = trainer.checkpoint_callbacks
         if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in checkpoints):
             rank_zero_warn(
