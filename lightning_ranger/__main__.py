@@ -1,0 +1,3 @@
+from lightning_ranger.cli import main
+
+main()
