@@ -2,7 +2,9 @@
 
 Five recipes come straight from :class:`lightning_ranger.RangerConfig`; two need an optimizer the
 config does not offer, which :class:`RecipeOptimizers` builds: ``"adam-2k"``
-(:class:`~_study.frozen_start_adam.FrozenStartAdam`) and ``"sgd"`` (SGD with momentum 0.9).
+(:class:`~_study.frozen_start_adam.FrozenStartAdam`, without weight decay) and ``"sgd"`` (SGD with
+momentum 0.9 and the config's ``weight_decay`` on every parameter, where the config's optimizers
+exempt biases and normalization weights).
 """
 
 from __future__ import annotations
@@ -80,8 +82,13 @@ class RecipeOptimizers:
         assert isinstance(self, RangerMixin) and isinstance(self, LightningModule)
         recipe = self.hparams["recipe"]
         config = cast(RangerMixin, self).ranger_config()  # the module's own, if it overrides it
-        if recipe == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=config.lr, momentum=SGD_MOMENTUM)
+        if recipe == "sgd":  # L2 weight decay on every parameter (no param groups)
+            return torch.optim.SGD(
+                self.parameters(),
+                lr=config.lr,
+                momentum=SGD_MOMENTUM,
+                weight_decay=config.weight_decay,
+            )
         if recipe == "adam-2k":
             return FrozenStartAdam(
                 self.parameters(),
