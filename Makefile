@@ -1,5 +1,6 @@
 # The two set-up commands of the README. Both create .venv if missing and reinstall only when
-# pyproject.toml changed (stamp files), so a second run reuses the environment.
+# pyproject.toml, setup.py or the C kernel changed (stamp files), so a second run reuses the
+# environment.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,6 +24,6 @@ bench: $(VENV)/.installed-dev
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-%: pyproject.toml setup.py lightning_ranger/callbacks/_centralize_kernel.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$*]"
 	touch $@

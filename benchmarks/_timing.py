@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["fmt_ms", "interleaved", "ratio", "timer"]
+__all__ = ["add_bound", "fmt_ms", "interleaved", "ratio", "timer"]
 
 
 def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -51,3 +51,9 @@ def ratio(
 def fmt_ms(t: tuple[float, float]) -> str:
     """``(median, minimum)`` seconds as milliseconds."""
     return f"{t[0] * 1e3:.2f} ms (min {t[1] * 1e3:.2f})"
+
+
+def add_bound(add: tuple[float, float], transfers: int) -> tuple[float, float]:
+    """The memory bound of a pass that moves ``transfers`` tensors, from the time of an in-place
+    ``a += b`` over tensors of the same shapes (3 transfers): ``(median, minimum)`` seconds."""
+    return add[0] * transfers / 3, add[1] * transfers / 3

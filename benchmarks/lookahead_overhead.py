@@ -23,7 +23,7 @@ import argparse
 
 import torch
 import torchvision
-from _timing import fmt_ms, interleaved, ratio, timer
+from _timing import add_bound, fmt_ms, interleaved, ratio, timer
 
 from lightning_ranger import RAdam
 from lightning_ranger.callbacks._slow_weights import SlowWeights
@@ -66,8 +66,7 @@ def main() -> None:
         args.reps,
         time_it,
     )
-    # The add moves 3 x 4 bytes per element, the sync's bound 4 x 4 bytes.
-    bound = (t["add"][0] * 4 / 3, t["add"][1] * 4 / 3)
+    bound = add_bound(t["add"], transfers=4)
     bandwidth = 3 * 4 * numel / t["add"][0]
     sync_ratio = ratio(t["sync"], bound)
     amortized = ratio(t["sync"], t["radam"], scale=args.k)
