@@ -4,8 +4,10 @@ through ``python -m torch.distributed.run --nproc_per_node=2``.
 Lightning sees the launcher's environment and does not start processes itself, so one launch runs
 several Trainers in the same process group. For each variant in :data:`VARIANTS` (DDP; FSDP2
 through ``ModelParallelStrategy`` with ``fully_shard``, with sharded or single-file checkpoints, in
-float32 or bf16-true) it fits 3 epochs uninterrupted, then 1 epoch that checkpoints mid-cycle, then
-resumes that checkpoint to 3 epochs, and saves each rank's full fast and slow weights to
+float32 or bf16-true; FSDP1 through ``FSDPStrategy`` on the CPU, each linear layer its own FSDP
+unit, with RAdam or SGD-momentum, in float32 or bf16-mixed) it fits 3 epochs uninterrupted, then 1
+epoch that checkpoints mid-cycle, then resumes that checkpoint to 3 epochs, and saves each rank's
+full fast and slow weights (at the end, and when training starts) to
 ``OUT/<variant>_<run>_rank<r>.pt`` for the test to compare.
 
 Usage: ``python -m torch.distributed.run --nproc_per_node=2 _lookahead_distributed_script.py OUT
@@ -19,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _cpu_fsdp import CPUFSDPStrategy
 from _lookahead_helpers import Net, make_trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch.distributed.fsdp import fully_shard
+from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
 from torch.distributed.tensor import DTensor
 
 from lightning_ranger.callbacks.lookahead import Lookahead
@@ -42,38 +47,66 @@ class ShardedNet(Net):
         fully_shard(self, mesh=mesh)
 
 
-def full_weights(model: Net) -> dict[str, torch.Tensor]:
+def full_weights(model: Net, trainer: Trainer) -> dict[str, torch.Tensor]:
     """The module's parameters as full tensors (gathering shards: every rank calls this)."""
+    if isinstance(trainer.strategy, CPUFSDPStrategy):
+        with FullyShardedDataParallel.summon_full_params(trainer.strategy.model):
+            return {
+                n.replace("_fsdp_wrapped_module.", ""): p.detach().clone()
+                for n, p in model.named_parameters()
+            }
     return {
         n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
         for n, p in model.named_parameters()
     }
 
 
-# variant: (FSDP2, save_distributed_checkpoint, precision)
+class StartRecorder(Callback):
+    """The full fast and slow weights when training starts (after a resume restored them)."""
+
+    def __init__(self, lookahead: Lookahead) -> None:
+        self.lookahead = lookahead
+        self.record: dict[str, dict[str, torch.Tensor]] = {}
+
+    def on_train_start(self, trainer: Trainer, pl_module: Net) -> None:  # type: ignore[override]
+        self.record["start_fast"] = full_weights(pl_module, trainer)
+        self.lookahead.show_slow_weights()
+        self.record["start_slow"] = full_weights(pl_module, trainer)
+        self.lookahead.show_fast_weights()
+
+
+# variant: (strategy, save_distributed_checkpoint, precision, optimizer). FSDP1's whole-run resume
+# is checked with SGD-momentum: with Adam-like state (RAdam here, torch.optim.Adam without any
+# callback of ours too) Lightning's FSDP1 full checkpoints hold other moments than the run had.
 VARIANTS = {
-    "ddp": (False, False, "32-true"),
-    "fsdp2": (True, True, "32-true"),
-    "fsdp2_full": (True, False, "32-true"),
-    "fsdp2_bf16": (True, True, "bf16-true"),
+    "ddp": ("ddp", False, "32-true", "radam"),
+    "fsdp2": ("fsdp2", True, "32-true", "radam"),
+    "fsdp2_full": ("fsdp2", False, "32-true", "radam"),
+    "fsdp2_bf16": ("fsdp2", True, "bf16-true", "radam"),
+    "fsdp1": ("fsdp1", False, "32-true", "radam"),
+    "fsdp1_sgd": ("fsdp1", False, "32-true", "sgd"),
+    "fsdp1_bf16": ("fsdp1", False, "bf16-mixed", "sgd"),
 }
 
 
 def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = None) -> None:
-    sharded, distributed_checkpoint, precision = VARIANTS[variant]
-    model = (ShardedNet if sharded else Net)("radam", seed=7 if ckpt_path else 0)
+    kind, distributed_checkpoint, precision, optimizer = VARIANTS[variant]
+    model = (ShardedNet if kind == "fsdp2" else Net)(optimizer, seed=7 if ckpt_path else 0)
     strategy: Any = "ddp"
-    if sharded:
+    if kind == "fsdp2":
         strategy = ModelParallelStrategy(
             data_parallel_size=2,
             tensor_parallel_size=1,
             save_distributed_checkpoint=distributed_checkpoint,
         )
+    elif kind == "fsdp1":
+        strategy = CPUFSDPStrategy(auto_wrap_policy={nn.Linear})
     lookahead = Lookahead(k=K, alpha=ALPHA, final_weights="fast")
+    start = StartRecorder(lookahead)
     checkpoint = ModelCheckpoint(dirpath=out / variant / run, save_top_k=-1, every_n_epochs=1)
     trainer = make_trainer(
         out / variant / run,
-        [lookahead, SlowWeightSwap(), checkpoint],
+        [lookahead, SlowWeightSwap(), checkpoint, start],
         devices=2,
         strategy=strategy,
         precision=precision,
@@ -82,11 +115,11 @@ def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = Non
         enable_checkpointing=True,
     )
     trainer.fit(model, ckpt_path=ckpt_path)
-    fast = full_weights(model)
+    fast = full_weights(model, trainer)
     lookahead.show_slow_weights()
-    slow = full_weights(model)
+    slow = full_weights(model, trainer)
     lookahead.show_fast_weights()
-    record = {"fast": fast, "slow": slow, "step": trainer.global_step}
+    record = {"fast": fast, "slow": slow, "step": trainer.global_step, **start.record}
     torch.save(record, out / f"{variant}_{run}_rank{trainer.global_rank}.pt")
 
 

@@ -403,15 +403,37 @@ def test_two_lookahead_callbacks_are_refused(tmp_path: Path) -> None:
         trainer.fit(Net())
 
 
-@pytest.mark.parametrize("strategy", [FSDPStrategy, DeepSpeedStrategy])
-def test_fsdp1_and_deepspeed_are_refused_at_setup(strategy: type) -> None:
-    # Both need CUDA (and DeepSpeed its package), so the trainer is a stand-in.
+def test_deepspeed_is_refused_at_setup() -> None:
+    # DeepSpeed needs CUDA and its package, so the trainer is a stand-in.
     lookahead = Lookahead()
-    trainer = Mock(strategy=Mock(spec=strategy), callbacks=[lookahead])
+    trainer = Mock(strategy=Mock(spec=DeepSpeedStrategy), callbacks=[lookahead])
     with pytest.raises(
-        ValueError, match=r"does not support `Trainer\(strategy=.*ModelParallelStrategy"
+        ValueError, match=r"does not support `Trainer\(strategy=.*ModelParallelStrategy.*FSDP1"
     ):
         lookahead.setup(trainer, Net(), stage="fit")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"use_orig_params": False}, r"`use_orig_params=False`"),
+        ({"state_dict_type": "sharded"}, r"`state_dict_type='sharded'`"),
+        (
+            {"sharding_strategy": "HYBRID_SHARD", "auto_wrap_policy": {torch.nn.Linear}},
+            r"`sharding_strategy=HYBRID_SHARD`",
+        ),
+    ],
+)
+def test_fsdp1_needs_flat_shards_by_name_and_full_checkpoints(
+    kwargs: dict[str, Any], match: str
+) -> None:
+    lookahead = Lookahead()
+    trainer = Mock(strategy=FSDPStrategy(**kwargs), callbacks=[lookahead])
+    with pytest.raises(ValueError, match=rf"does not support `FSDPStrategy` with {match}"):
+        lookahead.setup(trainer, Net(), stage="fit")
+    # Lightning's defaults (FULL_SHARD, use_orig_params=True, full state dicts) are taken.
+    trainer = Mock(strategy=FSDPStrategy(), callbacks=[lookahead], checkpoint_callbacks=[])
+    lookahead.setup(trainer, Net(), stage="fit")
 
 
 def test_save_weights_only_checkpoints_warn(tmp_path: Path) -> None:

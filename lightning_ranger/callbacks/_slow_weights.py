@@ -9,8 +9,11 @@ module's parameters that the inner optimizer moves):
 - *Dtype-aware*: the slow copy of a float16 or bfloat16 parameter is float32 (interpolating tiny
   updates in 16 bits loses them); parameters in float32 or float64 keep their dtype.
 - *Shard-aware*: the slow copy of a ``DTensor`` parameter (FSDP2, tensor parallelism) is a
-  ``DTensor`` with the same mesh and placements, so each rank holds one shard. The arithmetic runs
-  on the local shards, which is exact for these elementwise operations.
+  ``DTensor`` with the same mesh and placements, so each rank holds one shard. The slow copy of an
+  FSDP1 parameter (a 1-D view of this rank's slice of the flat parameter) is a copy of that slice,
+  and :class:`~lightning_ranger.callbacks._flat_shards.FlatShardLayout` says where it lies in the
+  full parameter. The arithmetic runs on the local shards, which is exact for these elementwise
+  operations.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from lightning_ranger._utils import group_indices
+from lightning_ranger.callbacks._flat_shards import FlatShardLayout
 
 __all__ = [
     "CPU_BATCH_NUMEL",
@@ -37,9 +41,18 @@ __all__ = [
 CPU_BATCH_NUMEL = 1 << 17
 
 
+#: The name of the submodule that FSDP1 wraps, which its state dicts leave out of the names.
+_FSDP1_WRAPPED = "_fsdp_wrapped_module."
+
+
 def trainable_parameters(module: torch.nn.Module) -> dict[str, Tensor]:
-    """The parameters that :class:`SlowWeights` tracks, those with ``requires_grad``, by name."""
-    return {name: p for name, p in module.named_parameters() if p.requires_grad}
+    """The parameters that :class:`SlowWeights` tracks, those with ``requires_grad``, by name (as
+    in the module's state dict: without FSDP1's wrapper modules)."""
+    return {
+        name.replace(_FSDP1_WRAPPED, ""): p
+        for name, p in module.named_parameters()
+        if p.requires_grad
+    }
 
 
 def slow_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -68,10 +81,15 @@ class SlowWeights:
 
     Args:
         module: the module whose parameters with ``requires_grad`` get slow copies.
+        flat_shard_device: if the parameters are FSDP1 flat shards (sharded over all ranks), the
+            device to communicate on; construction is then a collective. ``None``: they are whole
+            tensors or DTensors.
 
     """
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(
+        self, module: torch.nn.Module, flat_shard_device: torch.device | None = None
+    ) -> None:
         trainable = trainable_parameters(module)
         self.names: tuple[str, ...] = tuple(trainable)
         self._params: list[Tensor] = list(trainable.values())
@@ -80,6 +98,9 @@ class SlowWeights:
                 p.detach().to(dtype=slow_dtype(p.dtype), copy=True) for p in self._params
             ]
         self._stash: list[Tensor] | None = None
+        self._layout = (
+            None if flat_shard_device is None else FlatShardLayout(self._params, flat_shard_device)
+        )
         # The sync's (slow, fast) batches of local tensors, and the storage addresses they were
         # cut from: they are cut again when a storage changes (the module moved, FSDP2 re-laid
         # its shards). The batches keep the old storages alive, so an address cannot be reused.
@@ -149,18 +170,25 @@ class SlowWeights:
         torch._foreach_copy_(_locals(self._params), _locals(self._stash))
         self._stash = None
 
+    @property
+    def flat_shards(self) -> bool:
+        """Whether the parameters are FSDP1 flat shards (full tensors come out flattened)."""
+        return self._layout is not None
+
     def tensors(self, full: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The ``(slow, fast)`` weights by name, whichever the module shows.
 
-        With ``full=True``, ``DTensor`` shards are gathered into full tensors: a collective that
-        every rank must call. With ``full=False`` they are returned as they are (the live tensors,
-        not copies).
+        With ``full=True``, ``DTensor`` shards and FSDP1 flat shards are gathered into full tensors
+        (flattened, for flat shards): a collective that every rank must call. With ``full=False``
+        they are returned as they are (the live tensors, not copies).
         """
         fast = self._stash if self._stash is not None else [p.detach() for p in self._params]
-        convert = _full if full else (lambda t: t)
-        slow_by_name = {n: convert(t) for n, t in zip(self.names, self._slow, strict=True)}
-        fast_by_name = {n: convert(t) for n, t in zip(self.names, fast, strict=True)}
-        return slow_by_name, fast_by_name
+        slow = self._slow
+        if full and self._layout is not None:
+            slow, fast = self._layout.gather(slow), self._layout.gather(fast)
+        elif full:
+            slow, fast = [_full(t) for t in slow], [_full(t) for t in fast]
+        return dict(zip(self.names, slow, strict=True)), dict(zip(self.names, fast, strict=True))
 
     def load_targets(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """``(slow, fast)`` tensors by name to load a sharded checkpoint into, in place.
@@ -175,13 +203,16 @@ class SlowWeights:
 
     @torch.no_grad()
     def load(self, slow: Mapping[str, Tensor], fast: Mapping[str, Tensor]) -> None:
-        """Copy slow and fast weights in by name: full tensors, or ``DTensor`` shards of the same
-        placement. The module must show its fast weights. The slow weights are copied first, so
-        ``slow`` may be the module's own parameters."""
+        """Copy slow and fast weights in by name: full tensors, ``DTensor`` shards of the same
+        placement, or (flat shards) this rank's slices. The module must show its fast weights.
+        The slow weights are copied first, so ``slow`` may be the module's own parameters."""
         targets = self.load_targets()
         for source, target in zip((slow, fast), targets, strict=True):
-            for name, dst in target.items():
-                _copy_into(dst, source[name])
+            for i, (name, dst) in enumerate(target.items()):
+                src = source[name]
+                if self._layout is not None and src.shape != dst.shape:  # a full tensor
+                    src = self._layout.local_slice(i, src)
+                _copy_into(dst, src)
 
 
 def _batches(

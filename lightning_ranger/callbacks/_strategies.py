@@ -1,23 +1,67 @@
-"""Which Lightning strategies the callbacks take: those whose parameters keep their names and
-shapes (or shard them as DTensors), not the flat-parameter ones."""
+"""Which Lightning strategies the callbacks take, and what FSDP1 needs of them.
+
+Parameters that keep their names and shapes (single device, DDP) or shard them as DTensors (FSDP2)
+work everywhere. FSDP1 (``FSDPStrategy``) flattens them: Lookahead's elementwise arithmetic works on
+the 1-D local views that ``use_orig_params=True`` gives, and its checkpoints go through full state
+dicts; Gradient Centralization needs whole output channels, which the flat shards cut. DeepSpeed
+keeps its own flat partitions, out of reach by parameter name.
+"""
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, Strategy
 
-__all__ = ["SUPPORTED_STRATEGIES", "refuse_flat_parameter_strategies"]
+__all__ = ["check_strategy", "flat_shard_device"]
 
-SUPPORTED_STRATEGIES = (
+_EVERYWHERE = (
     'a single device, `strategy="ddp"` (or its spawn/fork variants), or `ModelParallelStrategy` '
     "with `torch.distributed.fsdp.fully_shard` applied in `configure_model` (FSDP2)"
 )
+_FSDP1 = (
+    '; `FSDPStrategy` (FSDP1) with `use_orig_params=True`, `state_dict_type="full"` (both '
+    "Lightning's defaults) and a `FULL_SHARD`, `SHARD_GRAD_OP` or `NO_SHARD` sharding strategy"
+)
+_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
 
 
-def refuse_flat_parameter_strategies(strategy: Strategy, callback: str, reason: str) -> None:
-    """Raise a ``ValueError`` for ``FSDPStrategy`` (FSDP1) and ``DeepSpeedStrategy``, whose
-    flattened parameters ``callback`` cannot handle (``reason`` says why), naming what works."""
-    if isinstance(strategy, (DeepSpeedStrategy, FSDPStrategy)):
+def check_strategy(strategy: Strategy, callback: str, reason: str, fsdp1: bool) -> None:
+    """Raise a ``ValueError`` naming what works if ``callback`` cannot run under ``strategy``:
+    DeepSpeed always (``reason`` says why), FSDP1 unless ``fsdp1`` and configured as
+    :func:`flat_shard_device` needs."""
+    supported = _EVERYWHERE + (_FSDP1 if fsdp1 else "")
+    name = type(strategy).__name__
+    if isinstance(strategy, DeepSpeedStrategy) or (
+        isinstance(strategy, FSDPStrategy) and not fsdp1
+    ):
         raise ValueError(
-            f"`{callback}` does not support `Trainer(strategy={type(strategy).__name__})`: "
-            f"{reason}. Use {SUPPORTED_STRATEGIES}."
+            f"`{callback}` does not support `Trainer(strategy={name})`: {reason}. Use {supported}."
         )
+    if not isinstance(strategy, FSDPStrategy):
+        return
+    problems = []
+    if not strategy.kwargs.get("use_orig_params", False):
+        problems.append("`use_orig_params=False` (its parameters are not addressable by name)")
+    state_dict_type = getattr(strategy, "_state_dict_type", "full")
+    if state_dict_type != "full":
+        problems.append(f"`state_dict_type={state_dict_type!r}` (sharded FSDP1 checkpoints)")
+    sharding = strategy.sharding_strategy.name
+    if sharding not in _SHARDING:
+        problems.append(f"`sharding_strategy={sharding}` (replicas across shard groups)")
+    if problems:
+        raise ValueError(
+            f"`{callback}` does not support `{name}` with {' or '.join(problems)}. Use {supported}."
+        )
+
+
+def flat_shard_device(strategy: Strategy) -> torch.device | None:
+    """The device to gather FSDP1 flat shards on if ``strategy`` shards the parameters over more
+    than one rank (``FSDPStrategy`` other than ``NO_SHARD``); ``None`` for whole or DTensor
+    parameters."""
+    if (
+        isinstance(strategy, FSDPStrategy)
+        and strategy.world_size > 1
+        and strategy.sharding_strategy.name != "NO_SHARD"
+    ):
+        return strategy.root_device
+    return None

@@ -21,7 +21,7 @@ from torch.distributed.tensor import DTensor, Placement, Replicate
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_ranger.callbacks._strategies import refuse_flat_parameter_strategies
+from lightning_ranger.callbacks._strategies import check_strategy
 
 try:  # imported after torch, so that its OpenMP threads are torch's (libgomp, same soname)
     from lightning_ranger.callbacks import _centralize_kernel
@@ -241,10 +241,11 @@ class GradientCentralization(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == TrainerFn.FITTING:
-            refuse_flat_parameter_strategies(
+            check_strategy(
                 trainer.strategy,
                 "GradientCentralization",
                 "its flat parameters do not keep the output channels apart",
+                fsdp1=False,
             )
 
     @override

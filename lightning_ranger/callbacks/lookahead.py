@@ -40,7 +40,7 @@ from lightning_ranger.callbacks._slow_weights import (
     slow_dtype,
     trainable_parameters,
 )
-from lightning_ranger.callbacks._strategies import refuse_flat_parameter_strategies
+from lightning_ranger.callbacks._strategies import check_strategy, flat_shard_device
 
 __all__ = ["FAST_WEIGHTS_KEY", "Lookahead", "lookahead_callbacks"]
 
@@ -145,10 +145,11 @@ class Lookahead(Callback):
             )
         if stage != TrainerFn.FITTING:
             return
-        refuse_flat_parameter_strategies(
+        check_strategy(
             trainer.strategy,
             "Lookahead",
             "its flat-parameter partitions cannot be addressed by parameter name",
+            fsdp1=True,
         )
         checkpoints = trainer.checkpoint_callbacks
         if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in checkpoints):
@@ -179,7 +180,7 @@ class Lookahead(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After the strategy moved (and possibly sharded) the parameters.
-        self._weights = SlowWeights(pl_module)
+        self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy))
         if self._pending is not None:
             self._weights.load(*self._pending)
             self._pending = None
@@ -236,6 +237,8 @@ class Lookahead(Callback):
         sharded = any(isinstance(state_dict.get(n), DTensor) for n in self._weights.names)
         # A full checkpoint gathers shards on every rank (a collective); only rank 0 writes it.
         slow, fast = self._weights.tensors(full=not sharded)
+        if self._weights.flat_shards:
+            slow, fast = _shaped_like(state_dict, slow), _shaped_like(state_dict, fast)
         state_dict.update(slow)
         if sharded:  # only `state_dict` entries are written by every rank
             state_dict[FAST_WEIGHTS_KEY] = fast
@@ -257,7 +260,7 @@ class Lookahead(Callback):
                 "weights."
             )
             if self._weights is not None:  # taken before the strategy restored the checkpoint
-                self._weights = SlowWeights(pl_module)
+                self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy))
             return
         mismatch = mismatch_message(state["names"], list(trainable_parameters(pl_module)))
         if mismatch is not None:
@@ -286,6 +289,16 @@ class Lookahead(Callback):
         slow, fast = self._weights.load_targets()
         with torch.no_grad():
             load({"state_dict": {**slow, FAST_WEIGHTS_KEY: fast}}, checkpoint_id=trainer.ckpt_path)
+
+
+def _shaped_like(state_dict: dict[str, Any], flat: dict[str, Tensor]) -> dict[str, Tensor]:
+    """FSDP1's gathered, flattened weights in the shapes (and on the device) of Lightning's full
+    state dict, which only rank 0 holds (the others write nothing and get nothing)."""
+    return {
+        n: t.view(state_dict[n].shape).to(state_dict[n].device)
+        for n, t in flat.items()
+        if n in state_dict
+    }
 
 
 def _slow_weights_loaded_into(
