@@ -1,10 +1,11 @@
-"""RectificationMonitor with 2 CPU processes (gloo): DDP and FSDP2 log the single-process values.
+"""RectificationMonitor with 2 CPU processes (gloo): DDP, FSDP2 and FSDP1 log the single-process
+values.
 
 The 2-process run is ``tests/_monitor_helpers.py`` under ``torchrun``, in a subprocess: both
 ``DDPStrategy`` and ``ModelParallelStrategy`` launch their processes by re-running the command
 line, which inside pytest would re-run the test session. Under torchrun the processes exist from
-the start, so one launch trains with DDP and then with FSDP2 in the same process group (one
-process start-up for both, which keeps this test at about half a minute on 2 cores).
+the start, so one launch trains with DDP, FSDP2 and FSDP1 (``FSDPStrategy`` through the CPU test
+strategy of ``_cpu_fsdp.py``) in the same process group (one process start-up for all).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ EXACT = ["rho_t", "r_t", "rho_t_threshold", "r_t_linear_warmup"]
 
 
 @pytest.mark.distributed
-def test_ddp_and_fsdp2_give_single_process_values(tmp_path):
+def test_ddp_fsdp2_and_fsdp1_give_single_process_values(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node=2", str(HELPERS), str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
@@ -34,12 +35,16 @@ def test_ddp_and_fsdp2_give_single_process_values(tmp_path):
 
     facts = json.loads((tmp_path / "facts.json").read_text())
     assert [f["world_size"] for f in facts["ddp"]] == [2, 2]
-    assert [f["global_step"] for f in facts["ddp"] + facts["fsdp2"]] == [12] * 4
+    assert [f["global_step"] for name in facts for f in facts[name]] == [12] * 6
     # DDP replicates the state (83 elements on each rank); FSDP2 splits it into DTensor shards.
     assert [(f["dtensor"], f["local_numel"]) for f in facts["ddp"]] == [(False, 83)] * 2
     assert all(f["dtensor"] for f in facts["fsdp2"])
     assert sum(f["local_numel"] for f in facts["fsdp2"]) == 83
     assert all(f["local_numel"] < 83 for f in facts["fsdp2"])
+    # FSDP1 splits one flat parameter: each rank holds the state of its slices, in plain tensors.
+    assert not any(f["dtensor"] for f in facts["fsdp1"])
+    assert sum(f["local_numel"] for f in facts["fsdp1"]) == 83
+    assert all(0 < f["local_numel"] < 83 for f in facts["fsdp1"])
 
     # One process, the same 8 samples per step that the two ranks of 4 read together.
     reference = Reference()
@@ -52,7 +57,7 @@ def test_ddp_and_fsdp2_give_single_process_values(tmp_path):
         mean = scalars(expected, f"rectification/adaptive_lr_mean/pg{i}")
         for step in STEPS:
             assert mean[step] == pytest.approx(reference.values[step][(0, i - 1)]["mean"], rel=1e-4)
-        for name in ("ddp", "fsdp2"):
+        for name in ("ddp", "fsdp2", "fsdp1"):
             got = events(tmp_path / name)
             assert set(got.Tags()["scalars"]) == set(expected.Tags()["scalars"])
             for metric in EXACT:

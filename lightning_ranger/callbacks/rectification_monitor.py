@@ -34,6 +34,7 @@ from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_ranger.callbacks._strategies import flat_shard_device
 from lightning_ranger.optim.rectification import rectification
 
 __all__ = ["RectificationMonitor"]
@@ -216,8 +217,10 @@ class RectificationMonitor(Callback):
     ``trainer.loggers``. Under DDP the state is the same on every rank and rank 0 alone computes.
     Under ``ModelParallelStrategy`` (FSDP2) each rank holds a DTensor shard of the state: every
     rank computes count, sum and sum of squares (and histogram counts) of its shard and they are
-    all-reduced in float64, so the statistics equal those of a single process. Strategies that
-    shard the state in plain tensors, such as ``FSDPStrategy`` (FSDP1), give rank 0's shard only.
+    all-reduced in float64, so the statistics equal those of a single process. Under
+    ``FSDPStrategy`` (FSDP1, sharded over the ranks) each rank holds the state of its slices of the
+    flat parameters, some parameters' state in whole, in part or not at all, in plain tensors: they
+    are reduced the same way, a row for every param group from every rank.
 
     A logging event costs a few elementwise passes over the parameters; the histogram's buckets
     count a uniform sample of about 65536 elements of a larger group, scaled to its size (its
@@ -326,39 +329,46 @@ class RectificationMonitor(Callback):
         return [(g, states) for g, states in found if g.optimizer_index not in unsupported]
 
     def _log(self, trainer: Trainer, step: int) -> None:
-        found = self._states()
-        sharded = any(isinstance(s["exp_avg_sq"], DTensor) for _, states in found for s in states)
-        distributed = sharded and trainer.world_size > 1
-        # Replicated state: rank 0 alone computes. Sharded: every rank takes part in the reduce.
+        found = dict(self._states())
+        dtensors = any(isinstance(s["exp_avg_sq"], DTensor) for v in found.values() for s in v)
+        # FSDP1's flat shards: each rank holds some parameters' state, or part of it, or none.
+        flat = flat_shard_device(trainer.strategy) is not None
+        distributed = (dtensors or flat) and trainer.world_size > 1
+        # Replicated state: rank 0 alone computes. Sharded: every rank takes part in the reduce,
+        # with a row for every group (zeros where it holds none of a group's state).
         if not (distributed or trainer.is_global_zero) or not found:
             return
         device = trainer.strategy.root_device
-        world_size = trainer.world_size if distributed else 1
-        partials = [
-            _adaptive_lr_sums(
+        groups = self._groups if distributed else list(found)
+        partials = []
+        for group in groups:
+            states = found.get(group, [])
+            sums, extrema = _adaptive_lr_sums(
                 states,
                 float(group.options["betas"][1]),
                 float(group.options["eps"]),
-                world_size,
+                trainer.world_size if dtensors else 1,
                 device,
                 self._histograms,
             )
-            for group, states in found
-        ]
+            # The optimizer step, for the ranks that hold none of the group's state.
+            t = float(states[0]["step"]) if states else -math.inf
+            partials.append((sums, torch.cat([extrema, extrema.new_tensor([t])])))
         sums = torch.stack([s for s, _ in partials])
         extrema = torch.stack([e for _, e in partials])
         if distributed:
             sums = trainer.strategy.reduce(sums, reduce_op="sum")
-            if self._histograms:
-                extrema = trainer.strategy.reduce(extrema, reduce_op="max")
+            extrema = trainer.strategy.reduce(extrema, reduce_op="max")
         if not trainer.is_global_zero:
             return
 
         metrics: dict[str, float] = {}
-        for (group, states), row, (neg_low, high) in zip(
-            found, sums.tolist(), extrema.tolist(), strict=True
+        for group, row, (neg_low, high, t) in zip(
+            groups, sums.tolist(), extrema.tolist(), strict=True
         ):
-            metrics.update(self._scalars(group, states[0]["step"], row[:3]))
+            if row[0] == 0:  # no state anywhere yet
+                continue
+            metrics.update(self._scalars(group, t, row[:3]))
             if self._histograms:
                 self._histogram(trainer, group, step, row, -neg_low, high)
         for logger in trainer.loggers:
