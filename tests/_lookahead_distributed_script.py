@@ -86,6 +86,11 @@ VARIANTS = {
     "fsdp1": ("fsdp1", False, "32-true", "radam"),
     "fsdp1_sgd": ("fsdp1", False, "32-true", "sgd"),
     "fsdp1_bf16": ("fsdp1", False, "bf16-mixed", "sgd"),
+    "fsdp1_bf16_true": ("fsdp1", False, "bf16-true", "sgd"),
+    "fsdp2_full_bf16": ("fsdp2", False, "bf16-true", "radam"),
+    "fsdp2_bf16_mixed": ("fsdp2", True, "bf16-mixed", "radam"),
+    "ddp_bf16": ("ddp", False, "bf16-mixed", "radam"),
+    "ddp_bf16_true": ("ddp", False, "bf16-true", "radam"),
 }
 
 

@@ -10,10 +10,15 @@ A single-file checkpoint (single device, DDP, or ``ModelParallelStrategy`` with
   trainable parameters (float32 for float16/bfloat16 parameters; ``load_state_dict`` casts them), so
   ``Model.load_from_checkpoint(path)`` gives the weights to deploy. Buffers are the module's own.
 - ``checkpoint["lookahead_fast_weights"]``: ``{parameter name: fast weight}``.
+- ``checkpoint["lookahead_slow_weights"]``: under ``ModelParallelStrategy`` and ``FSDPStrategy``
+  (FSDP1), whose loading puts ``state_dict`` into the module before callbacks see it, the float32
+  slow weights of the float16/bfloat16 parameters once more, so that a resume is exact.
 - ``checkpoint["callbacks"]["Lookahead"]``: ``{"synced_at_step": int, "names": list[str]}``: the
   ``trainer.global_step`` of the last sync (or of the start), and the tracked parameters' names.
 
-A sharded checkpoint (a distributed-checkpoint folder, ``ModelParallelStrategy``) keeps each
+Under FSDP1 the full tensors are gathered from each rank's slices of the flat parameters (only
+``state_dict_type="full"`` is supported). A sharded checkpoint (a distributed-checkpoint folder,
+``ModelParallelStrategy``) keeps each
 rank's shards of both weights in ``state_dict`` entries, which every rank writes: the slow weights
 under the parameter names, the fast ones under ``state_dict.lookahead_fast_weights.<name>``. The
 callback state above lives in the metadata file, which Lightning writes from rank 0 only.
@@ -26,6 +31,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
@@ -42,9 +48,12 @@ from lightning_ranger.callbacks._slow_weights import (
 )
 from lightning_ranger.callbacks._strategies import check_strategy, flat_shard_device
 
-__all__ = ["FAST_WEIGHTS_KEY", "Lookahead", "lookahead_callbacks"]
+__all__ = ["FAST_WEIGHTS_KEY", "SLOW_WEIGHTS_KEY", "Lookahead", "lookahead_callbacks"]
 
 FAST_WEIGHTS_KEY = "lookahead_fast_weights"
+SLOW_WEIGHTS_KEY = "lookahead_slow_weights"
+#: Strategies that load ``checkpoint["state_dict"]`` into the module and drop it before callbacks.
+_LOADS_STATE_DICT_FIRST = (FSDPStrategy, ModelParallelStrategy)
 
 
 class Lookahead(Callback):
@@ -244,6 +253,9 @@ class Lookahead(Callback):
             state_dict[FAST_WEIGHTS_KEY] = fast
         else:
             checkpoint[FAST_WEIGHTS_KEY] = fast
+            if isinstance(trainer.strategy, _LOADS_STATE_DICT_FIRST):
+                widened = _widened(pl_module)
+                checkpoint[SLOW_WEIGHTS_KEY] = {n: t for n, t in slow.items() if n in widened}
 
     @override
     def on_load_checkpoint(
@@ -274,7 +286,7 @@ class Lookahead(Callback):
         if "state_dict" in checkpoint:
             slow = {name: checkpoint["state_dict"][name] for name in state["names"]}
         else:
-            slow = _slow_weights_loaded_into(trainer, pl_module)
+            slow = _slow_weights_loaded_into(trainer, pl_module, checkpoint)
         resume = (slow, checkpoint[FAST_WEIGHTS_KEY])
         if self._weights is None:  # restored before the strategy set up the model
             self._pending = resume
@@ -301,22 +313,29 @@ def _shaped_like(state_dict: dict[str, Any], flat: dict[str, Tensor]) -> dict[st
     }
 
 
+def _widened(pl_module: pl.LightningModule) -> list[str]:
+    """The names of the parameters whose slow copies are wider than they are (16-bit ones)."""
+    return [n for n, p in trainable_parameters(pl_module).items() if slow_dtype(p.dtype) != p.dtype]
+
+
 def _slow_weights_loaded_into(
-    trainer: pl.Trainer, pl_module: pl.LightningModule
+    trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
 ) -> dict[str, Tensor]:
     """The slow weights, from the module that the strategy loaded ``checkpoint["state_dict"]``
-    into before dropping it from ``checkpoint`` (``ModelParallelStrategy``, single-file checkpoint).
+    into before dropping it from ``checkpoint`` (``ModelParallelStrategy`` and FSDP1, single-file
+    checkpoints), and for 16-bit parameters from ``checkpoint["lookahead_slow_weights"]``.
     :meth:`SlowWeights.load` reads them before it overwrites the parameters with the fast ones."""
-    trainable = {n: p.detach() for n, p in trainable_parameters(pl_module).items()}
-    rounded = [n for n, p in trainable.items() if slow_dtype(p.dtype) != p.dtype]
-    if rounded:
+    slow = {n: p.detach() for n, p in trainable_parameters(pl_module).items()}
+    slow.update(checkpoint.get(SLOW_WEIGHTS_KEY, {}))
+    rounded = [n for n in _widened(pl_module) if n not in checkpoint.get(SLOW_WEIGHTS_KEY, {})]
+    if rounded:  # written before checkpoints held them
         rank_zero_warn(
             f"`{type(trainer.strategy).__name__}` loaded the float32 slow weights of "
-            f"{len(rounded)} parameters from the single-file checkpoint into 16-bit parameters: "
-            "the resumed run is close to an uninterrupted one, not equal. Save sharded "
-            "checkpoints (`save_distributed_checkpoint=True`) to resume exactly."
+            f"{len(rounded)} parameters from the single-file checkpoint into 16-bit parameters, "
+            f"and the checkpoint has no `{SLOW_WEIGHTS_KEY}`: the resumed run is close to an "
+            "uninterrupted one, not equal."
         )
-    return trainable
+    return slow
 
 
 def lookahead_callbacks(trainer: pl.Trainer) -> list[Lookahead]:
