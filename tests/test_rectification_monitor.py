@@ -18,6 +18,7 @@ from lightning_ranger.callbacks.rectification_monitor import RectificationMonito
 
 METRICS = ["rho_t", "r_t", "rho_t_threshold", "r_t_linear_warmup"]
 METRICS += ["adaptive_lr_mean", "adaptive_lr_var"]
+STEPS = list(range(1, 13))
 
 
 def closed_form(t: float, beta2: float, threshold: float) -> dict[str, float]:
@@ -130,6 +131,21 @@ def test_custom_scalars_layout(tmp_path):
         ]
     # A TensorBoardLogger(prefix="run") logs "run-rectification/...": the patterns allow it.
     assert re.match(charts["rho_t/pg1 vs rho_t_threshold"][0], "run-rectification/rho_t/pg1")
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "16-true", "64-true"])
+def test_other_precisions(tmp_path, precision):
+    """The statistics of the state in its dtype (bfloat16/float16 with 16-bit parameters), against
+    the float64 statistics of the same state."""
+    _, accumulator, reference = fit(
+        tmp_path,
+        Regressor(groups=TWO_GROUPS),
+        RectificationMonitor(logging_interval=1),
+        precision=precision,
+    )
+    for i, group in enumerate(TWO_GROUPS):
+        beta2, threshold = group["betas"][1], group.get("rectify_threshold", 5.0)
+        check_group(accumulator, reference, (0, i), f"/pg{i + 1}", beta2, threshold, STEPS)
 
 
 def test_torch_adam_every_five_steps(tmp_path):
