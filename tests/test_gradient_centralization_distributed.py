@@ -4,21 +4,18 @@ One launch of this file under ``torch.distributed.run --nproc_per_node=2`` (its 
 part) fits the same model three times in one process group (DDP; FSDP2 through
 ``ModelParallelStrategy`` with ``fully_shard``; FSDP2 with ``min_ndim=1``, whose sharded 1-D
 gradients need collectives), then centralizes DTensors of other placements directly, and saves
-what each rank got; the tests compare that with one process. ``torch.distributed.run`` rather than
-Lightning's launcher: Lightning re-runs the calling script for ``strategy="ddp"``, which under
-pytest would re-run pytest, and ``ddp_spawn`` cannot be used for ``ModelParallelStrategy``.
+what each rank got; the tests compare that with one process (see ``_launch.py``).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _launch import run_two_processes
 from _lookahead_helpers import Net, TinyNet, assert_close, assert_equal, batches_of, make_data
 
 from lightning_ranger.callbacks.gradient_centralization import GradientCentralization
@@ -50,7 +47,7 @@ def fit(out: Path, variant: str) -> None:
     )
     trainer.fit(model)
     record = {
-        "weights": full_weights(model),
+        "weights": full_weights(model, trainer),
         "step": trainer.global_step,
         "sharded": [isinstance(p, DTensor) for p in model.parameters()],
     }
@@ -99,17 +96,7 @@ def main(out: Path) -> None:
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gradient_centralization_distributed")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = subprocess.run(
-        [*command, __file__, str(out)],
-        cwd=Path(__file__).parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-10000:]
+    run_two_processes(Path(__file__), str(out), timeout=300)
     return out
 
 

@@ -1,24 +1,20 @@
 """Lookahead with 2 CPU processes: DDP, FSDP2 (``ModelParallelStrategy`` with ``fully_shard``) and
 FSDP1 (``FSDPStrategy``, through the CPU test strategy of ``_cpu_fsdp.py``).
 
-One launch of ``_lookahead_distributed_script.py`` under ``torch.distributed.run`` runs every
+One launch of ``_lookahead_distributed_script.py`` in 2 processes (``_launch.py``) runs every
 variant (spawn-based tests pay the start-up of Python, torch and Lightning per process, so there is
-a single launch); the tests here compare what it saved. ``torch.distributed.run`` rather than
-Lightning's own launcher: Lightning re-runs the calling script for ``strategy="ddp"``, which under
-pytest would re-run pytest, and ``ddp_spawn`` cannot be used for ``ModelParallelStrategy``.
+a single launch); the tests here compare what it saved.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from _launch import run_two_processes
 from _lookahead_helpers import (
     TinyNet,
     assert_close,
@@ -48,17 +44,7 @@ EXACT_RESUME = tuple(v for v in VARIANTS if v != "fsdp1")
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lookahead_distributed")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = subprocess.run(
-        [*command, str(TESTS / "_lookahead_distributed_script.py"), str(out), *VARIANTS],
-        cwd=TESTS,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-10000:]
+    run_two_processes(TESTS / "_lookahead_distributed_script.py", str(out), *VARIANTS, timeout=900)
     return out
 
 

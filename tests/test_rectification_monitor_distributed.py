@@ -11,12 +11,11 @@ strategy of ``_cpu_fsdp.py``) in the same process group (one process start-up fo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _launch import run_two_processes
 from _monitor_helpers import TWO_GROUPS, Reference, Regressor, events, scalars, trainer
 
 from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
@@ -28,10 +27,7 @@ EXACT = ["rho_t", "r_t", "rho_t_threshold", "r_t_linear_warmup"]
 
 @pytest.mark.distributed
 def test_ddp_fsdp2_and_fsdp1_give_single_process_values(tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node=2", str(HELPERS), str(tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_two_processes(HELPERS, str(tmp_path), timeout=300)
 
     facts = json.loads((tmp_path / "facts.json").read_text())
     assert [f["world_size"] for f in facts["ddp"]] == [2, 2]

@@ -1,0 +1,29 @@
+"""Run a script in 2 CPU processes under ``torch.distributed.run``, for the multi-process tests.
+
+``torch.distributed.run`` rather than Lightning's launcher: Lightning re-runs the calling script
+for ``strategy="ddp"``, which under pytest would re-run pytest, and ``ddp_spawn`` cannot be used
+for ``ModelParallelStrategy``. Under the launcher the processes exist from the start, so one
+launch can fit several Trainers in the same process group.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_two_processes(script: Path, *args: str, timeout: float) -> None:
+    """Run ``script`` with ``args`` in 2 processes (1 thread each, from the tests folder); fail
+    with the end of its output if it fails."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*command, str(script), *args],
+        cwd=Path(__file__).parent,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-10000:]
