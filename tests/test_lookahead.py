@@ -24,7 +24,9 @@ from _lookahead_helpers import (
     reference_lookahead,
     two_optimizers,
 )
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import nn
 
@@ -345,6 +347,47 @@ def test_precisions_match_algorithm_1(
     assert_close(fast, _prefixed(ref_fast), atol=1e-6)
     # The module holds the slow weights rounded to its dtype.
     assert_close(slow, {n: t.to(param_dtype) for n, t in _prefixed(ref_slow).items()}, atol=1e-6)
+
+
+class _Steps(Callback):
+    """After the callbacks before it: the fast and slow weights at each global step; an infinite
+    gradient is injected at global step ``inject``, so that the GradScaler skips that step."""
+
+    def __init__(self, lookahead: Lookahead, inject: int) -> None:
+        self.lookahead, self.inject = lookahead, inject
+        self.fast: dict[int, dict[str, torch.Tensor]] = {}
+        self.slow: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_step == self.inject:
+            pl_module.net.layers["inp"].weight.grad[0, 0] = float("inf")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *_: Any) -> None:
+        assert self.lookahead._weights is not None
+        slow, _ = self.lookahead._weights.tensors(full=False)
+        self.fast[trainer.global_step] = params(pl_module)
+        self.slow[trainer.global_step] = {n: t.clone() for n, t in slow.items()}
+
+
+def test_a_step_that_the_16_mixed_scaler_skips_counts_toward_k(tmp_path: Path) -> None:
+    """``k`` counts ``trainer.global_step`` (as Lightning's own callbacks do), which a step that
+    the GradScaler skips advances too: the syncs stay at multiples of ``k``, and that cycle has
+    one update fewer. (16-mixed on the CPU: the plugin with a CPU GradScaler.)"""
+    model = Net("radam", n_batches=7)
+    lookahead = Lookahead(k=3, alpha=0.5, final_weights="fast")
+    steps = _Steps(lookahead, inject=1)
+    plugin = MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    make_trainer(tmp_path, [lookahead, steps], plugins=[plugin], max_steps=7).fit(model)
+    assert_equal(steps.fast[2], steps.fast[1])  # the skipped step: no update
+    assert all(float(s["step"]) == 6 for s in model.trainer.optimizers[0].state.values())
+    moved = [
+        t
+        for t in range(2, 8)
+        if any(not torch.equal(steps.slow[t][n], steps.slow[t - 1][n]) for n in steps.slow[t])
+    ]
+    assert moved == [3, 6]
+    for t in moved:  # the fast weights restarted from the slow ones
+        assert_equal(steps.fast[t], steps.slow[t])
 
 
 def test_bf16_true_slow_weights_are_float32_and_follow_a_float32_run(tmp_path: Path) -> None:
