@@ -75,9 +75,10 @@ class StartRecorder(Callback):
         self.lookahead.show_fast_weights()
 
 
-# variant: (strategy, save_distributed_checkpoint, precision, optimizer). FSDP1's whole-run resume
-# is checked with SGD-momentum: with Adam-like state (RAdam here, torch.optim.Adam without any
-# callback of ours too) Lightning's FSDP1 full checkpoints hold other moments than the run had.
+# variant: (strategy[:FSDP1 sharding strategy], save_distributed_checkpoint, precision,
+# optimizer). FSDP1's whole-run resume is checked with SGD-momentum: with Adam-like state (RAdam
+# here, torch.optim.Adam without any callback of ours too) Lightning's FSDP1 full checkpoints hold
+# other moments than the run had.
 VARIANTS = {
     "ddp": ("ddp", False, "32-true", "radam"),
     "fsdp2": ("fsdp2", True, "32-true", "radam"),
@@ -87,6 +88,7 @@ VARIANTS = {
     "fsdp1_sgd": ("fsdp1", False, "32-true", "sgd"),
     "fsdp1_bf16": ("fsdp1", False, "bf16-mixed", "sgd"),
     "fsdp1_bf16_true": ("fsdp1", False, "bf16-true", "sgd"),
+    "fsdp1_no_shard": ("fsdp1:NO_SHARD", False, "32-true", "sgd"),
     "fsdp2_full_bf16": ("fsdp2", False, "bf16-true", "radam"),
     "fsdp2_bf16_mixed": ("fsdp2", True, "bf16-mixed", "radam"),
     "ddp_bf16": ("ddp", False, "bf16-mixed", "radam"),
@@ -96,6 +98,7 @@ VARIANTS = {
 
 def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = None) -> None:
     kind, distributed_checkpoint, precision, optimizer = VARIANTS[variant]
+    kind, _, sharding = kind.partition(":")  # FSDP1's sharding strategy, if not FULL_SHARD
     model = (ShardedNet if kind == "fsdp2" else Net)(optimizer, seed=7 if ckpt_path else 0)
     strategy: Any = "ddp"
     if kind == "fsdp2":
@@ -105,7 +108,9 @@ def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = Non
             save_distributed_checkpoint=distributed_checkpoint,
         )
     elif kind == "fsdp1":
-        strategy = CPUFSDPStrategy(auto_wrap_policy={nn.Linear})
+        strategy = CPUFSDPStrategy(
+            auto_wrap_policy={nn.Linear}, sharding_strategy=sharding or "FULL_SHARD"
+        )
     lookahead = Lookahead(k=K, alpha=ALPHA, final_weights="fast")
     start = StartRecorder(lookahead)
     checkpoint = ModelCheckpoint(dirpath=out / variant / run, save_top_k=-1, every_n_epochs=1)

@@ -2,8 +2,8 @@
 gather the slices into full tensors.
 
 Under ``FullyShardedDataParallel`` (FSDP1) with ``use_orig_params=True`` and its parameters sharded
-over all ranks (``FULL_SHARD`` or ``SHARD_GRAD_OP``), each original parameter is, between training
-steps, a 1-D view of this rank's part of a flat parameter: flattened, every parameter is cut into
+over all ranks (``FULL_SHARD``), each original parameter is, outside forward and backward, a 1-D
+view of this rank's part of a flat parameter: flattened, every parameter is cut into
 contiguous slices, one per rank in rank order, some of them empty. So rank ``r``'s slice starts
 where the slices of ranks ``0 .. r-1`` end, and the slices of all ranks, concatenated in rank order,
 are the flattened parameter. Plain ``torch.distributed``; nothing here knows Lightning.

@@ -20,9 +20,12 @@ _EVERYWHERE = (
 )
 _FSDP1 = (
     '; `FSDPStrategy` (FSDP1) with `use_orig_params=True`, `state_dict_type="full"` (both '
-    "Lightning's defaults) and a `FULL_SHARD`, `SHARD_GRAD_OP` or `NO_SHARD` sharding strategy"
+    "Lightning's defaults) and the `FULL_SHARD` or `NO_SHARD` sharding strategy"
 )
-_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
+#: FSDP1 sharding strategies whose parameters are the local slices whenever callbacks run;
+#: ``SHARD_GRAD_OP`` keeps them unsharded after an evaluation forward (no backward reshards them),
+#: and hybrid sharding replicates slices across shard groups.
+_SHARDING = ("FULL_SHARD", "NO_SHARD")
 
 
 def check_strategy(strategy: Strategy, callback: str, reason: str, fsdp1: bool) -> None:
@@ -47,7 +50,10 @@ def check_strategy(strategy: Strategy, callback: str, reason: str, fsdp1: bool) 
         problems.append(f"`state_dict_type={state_dict_type!r}` (sharded FSDP1 checkpoints)")
     sharding = strategy.sharding_strategy.name
     if sharding not in _SHARDING:
-        problems.append(f"`sharding_strategy={sharding}` (replicas across shard groups)")
+        problems.append(
+            f"`sharding_strategy={sharding}` (its parameters are not the local slices whenever "
+            "callbacks run, or are replicated across shard groups)"
+        )
     if problems:
         raise ValueError(
             f"`{callback}` does not support `{name}` with {' or '.join(problems)}. Use {supported}."
