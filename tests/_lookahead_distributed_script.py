@@ -93,6 +93,9 @@ VARIANTS = {
     "fsdp2_bf16_mixed": ("fsdp2", True, "bf16-mixed", "radam"),
     "ddp_bf16": ("ddp", False, "bf16-mixed", "radam"),
     "ddp_bf16_true": ("ddp", False, "bf16-true", "radam"),
+    "ddp_16_true": ("ddp", False, "16-true", "radam"),
+    "fsdp2_16_true": ("fsdp2", True, "16-true", "radam"),
+    "fsdp1_16_true": ("fsdp1", False, "16-true", "sgd"),
 }
 
 

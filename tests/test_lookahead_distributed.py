@@ -32,9 +32,9 @@ pytestmark = pytest.mark.distributed
 TESTS = Path(__file__).parent
 CKPT = "epoch=0-step=5.ckpt"
 VARIANTS = (
-    *("ddp", "ddp_bf16", "ddp_bf16_true"),
-    *("fsdp2", "fsdp2_full", "fsdp2_bf16", "fsdp2_full_bf16", "fsdp2_bf16_mixed"),
-    *("fsdp1", "fsdp1_sgd", "fsdp1_bf16", "fsdp1_bf16_true", "fsdp1_no_shard"),
+    *("ddp", "ddp_bf16", "ddp_bf16_true", "ddp_16_true"),
+    *("fsdp2", "fsdp2_full", "fsdp2_bf16", "fsdp2_full_bf16", "fsdp2_bf16_mixed", "fsdp2_16_true"),
+    *("fsdp1", "fsdp1_sgd", "fsdp1_bf16", "fsdp1_bf16_true", "fsdp1_16_true", "fsdp1_no_shard"),
 )
 # FSDP1 with RAdam: Lightning's full checkpoint does not hold the run's moments (see the script), so
 # only the restored weights are compared; "fsdp1_sgd" resumes the whole run under FSDP1.
