@@ -96,8 +96,11 @@ class Lookahead(Callback):
       docstring for the layout). Resuming from a checkpoint written without Lookahead starts the
       slow weights from the loaded weights. Checkpoints with ``save_weights_only=True`` do not call
       callbacks and hold the module's current (fast) weights.
-    - *Strategies*: a single device, DDP and FSDP2 (``ModelParallelStrategy``); ``FSDPStrategy``
-      (FSDP1) and ``DeepSpeedStrategy`` are refused at setup.
+    - *Strategies*: a single device, DDP, FSDP2 (``ModelParallelStrategy``) and ``FSDPStrategy``
+      (FSDP1) with ``use_orig_params=True``, ``state_dict_type="full"`` and ``FULL_SHARD`` or
+      ``NO_SHARD`` (Lightning's defaults but the last): the slow weights are copies of each rank's
+      slices of the flat parameters. Other FSDP1 set-ups and ``DeepSpeedStrategy`` are refused at
+      setup.
 
     Args:
         k: number of optimizer steps between syncs, a positive int. Default: ``6``.
@@ -109,9 +112,9 @@ class Lookahead(Callback):
     Raises:
         TypeError: if ``k`` is not an int or ``alpha`` not a real number.
         ValueError: if ``k < 1``, ``alpha`` is outside ``(0, 1]`` or NaN, ``final_weights`` is
-            unknown; at setup, if the trainer has two ``Lookahead`` callbacks or uses FSDP1 or
-            DeepSpeed; when resuming, if the checkpoint's parameter names do not match the module's
-            trainable parameters.
+            unknown; at setup, if the trainer has two ``Lookahead`` callbacks or a strategy that
+            is refused (above); when resuming, if the checkpoint's parameter names do not match
+            the module's trainable parameters.
 
     Example::
 
