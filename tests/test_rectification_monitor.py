@@ -6,15 +6,19 @@ import csv
 import logging
 import math
 import re
+from unittest.mock import Mock
 
 import numpy as np
 import pytest
 import torch
 from _monitor_helpers import TWO_GROUPS, Reference, Regressor, events, scalars, trainer
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import FSDPStrategy
 from tensorboard.plugins.custom_scalar import layout_pb2
+from torch.distributed.fsdp import ShardingStrategy
 
-from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
+from lightning_ranger import RAdam
+from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor, _Group
 
 METRICS = ["rho_t", "r_t", "rho_t_threshold", "r_t_linear_warmup"]
 METRICS += ["adaptive_lr_mean", "adaptive_lr_var"]
@@ -279,3 +283,22 @@ def test_monitor_does_not_change_training(tmp_path):
     for index in state_a:
         for key in ("step", "exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(state_a[index][key], state_b[index][key], rtol=0, atol=0)
+
+
+def test_a_rank_without_optimizer_state_still_joins_the_fsdp1_reduce():
+    """Under FSDP1 a rank may hold none of the optimizer state (its slices are all padding, or
+    another rank holds all of an optimizer's parameters): it still sends its rows of zeros, or the
+    other ranks would wait for it in the all-reduce forever."""
+    params = [torch.nn.Parameter(torch.zeros(0)), torch.nn.Parameter(torch.zeros(0))]
+    optimizer = RAdam([{"params": params[:1]}, {"params": params[1:]}])
+    strategy = Mock(spec=FSDPStrategy, world_size=2, root_device=torch.device("cpu"))
+    strategy.sharding_strategy = ShardingStrategy.FULL_SHARD
+    strategy.reduce.side_effect = lambda tensor, reduce_op: tensor
+    trainer = Mock(world_size=2, is_global_zero=False, strategy=strategy, loggers=[])
+    monitor = RectificationMonitor(logging_interval=1, log_histograms=False)
+    monitor._groups = [_Group(optimizer, 1, i, f"/pg{i + 1}") for i in range(2)]
+    monitor._log(trainer, step=1)
+    reduced = [call.kwargs["reduce_op"] for call in strategy.reduce.call_args_list]
+    assert reduced == ["sum", "max"]
+    sums = strategy.reduce.call_args_list[0].args[0]
+    assert sums.shape == (2, 3) and not sums.any()

@@ -335,8 +335,8 @@ class RectificationMonitor(Callback):
         flat = flat_shard_device(trainer.strategy) is not None
         distributed = (dtensors or flat) and trainer.world_size > 1
         # Replicated state: rank 0 alone computes. Sharded: every rank takes part in the reduce,
-        # with a row for every group (zeros where it holds none of a group's state).
-        if not (distributed or trainer.is_global_zero) or not found:
+        # with a row for every group (zeros where it holds none of a group's state, or none at all).
+        if not (distributed or (trainer.is_global_zero and found)):
             return
         device = trainer.strategy.root_device
         groups = self._groups if distributed else list(found)
@@ -371,8 +371,9 @@ class RectificationMonitor(Callback):
             metrics.update(self._scalars(group, t, row[:3]))
             if self._histograms:
                 self._histogram(trainer, group, step, row, -neg_low, high)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+        if metrics:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
 
     @staticmethod
     def _scalars(group: _Group, step: Any, sums: Sequence[float]) -> dict[str, float]:
