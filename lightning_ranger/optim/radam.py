@@ -15,6 +15,7 @@ one of three implementations, as ``torch.optim`` does:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -97,18 +98,8 @@ def validate_options(
         raise ValueError("`fused=True` and `foreach=True` cannot be set together; choose one")
 
 
-_OPTIONS = (
-    "lr",
-    "betas",
-    "eps",
-    "weight_decay",
-    "decoupled_weight_decay",
-    "rectify_threshold",
-    "degenerate_to_sgd",
-    "maximize",
-    "foreach",
-    "fused",
-)
+#: The options of a param group, as :func:`validate_options` names them.
+_OPTIONS = tuple(inspect.signature(validate_options).parameters)
 
 
 def _validate_group(group: dict[str, Any]) -> None:
