@@ -35,7 +35,7 @@ class SlowWeightSwap(Callback):
 
         from lightning.pytorch import Trainer
         from lightning.pytorch.demos.boring_classes import BoringModel
-        from lightning_ranger.callbacks.lookahead import Lookahead, lookahead_callbacks
+        from lightning_ranger.callbacks.lookahead import Lookahead
         from lightning_ranger.callbacks.slow_weight_swap import SlowWeightSwap
 
         trainer = Trainer(max_steps=12, callbacks=[Lookahead(), SlowWeightSwap()], logger=False)

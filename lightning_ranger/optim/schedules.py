@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR
 __all__ = ["SCHEDULES", "LRSchedule", "ScheduleName", "build_scheduler", "check_schedule_options"]
 
 ScheduleName = Literal["constant", "linear_warmup", "flat_cosine", "cosine"]
-SCHEDULES: tuple[ScheduleName, ...] = ("constant", "linear_warmup", "flat_cosine", "cosine")
+SCHEDULES: tuple[ScheduleName, ...] = get_args(ScheduleName)
 
 
 def check_schedule_options(name: object, warmup_steps: object, flat_fraction: object) -> None:
