@@ -5,12 +5,21 @@ work everywhere. FSDP1 (``FSDPStrategy``) flattens them: Lookahead's elementwise
 the 1-D local views that ``use_orig_params=True`` gives, and its checkpoints go through full state
 dicts; Gradient Centralization needs whole output channels, which the flat shards cut. DeepSpeed
 keeps its own flat partitions, out of reach by parameter name.
+
+The strategies are recognised under both ``lightning.pytorch`` and ``pytorch_lightning``
+(:func:`~lightning_ranger._namespaces.lightning_isinstance`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, Strategy
+
+from lightning_ranger._namespaces import lightning_isinstance
+
+if TYPE_CHECKING:
+    from lightning.pytorch.strategies import FSDPStrategy, Strategy
 
 __all__ = ["check_strategy", "flat_shard_device"]
 
@@ -34,21 +43,21 @@ def check_strategy(strategy: Strategy, callback: str, reason: str, fsdp1: bool) 
     :func:`flat_shard_device` needs."""
     supported = _EVERYWHERE + (_FSDP1 if fsdp1 else "")
     name = type(strategy).__name__
-    if isinstance(strategy, DeepSpeedStrategy) or (
-        isinstance(strategy, FSDPStrategy) and not fsdp1
-    ):
+    fsdp = _fsdp1(strategy)
+    deepspeed = lightning_isinstance(strategy, "strategies.DeepSpeedStrategy")
+    if deepspeed or (fsdp is not None and not fsdp1):
         raise ValueError(
             f"`{callback}` does not support `Trainer(strategy={name})`: {reason}. Use {supported}."
         )
-    if not isinstance(strategy, FSDPStrategy):
+    if fsdp is None:
         return
     problems = []
-    if not strategy.kwargs.get("use_orig_params", False):
+    if not fsdp.kwargs.get("use_orig_params", False):
         problems.append("`use_orig_params=False` (its parameters are not addressable by name)")
-    state_dict_type = getattr(strategy, "_state_dict_type", "full")
+    state_dict_type = getattr(fsdp, "_state_dict_type", "full")
     if state_dict_type != "full":
         problems.append(f"`state_dict_type={state_dict_type!r}` (sharded FSDP1 checkpoints)")
-    sharding = strategy.sharding_strategy.name
+    sharding = fsdp.sharding_strategy.name
     if sharding not in _SHARDING:
         problems.append(
             f"`sharding_strategy={sharding}` (its parameters are not the local slices whenever "
@@ -64,10 +73,14 @@ def flat_shard_device(strategy: Strategy) -> torch.device | None:
     """The device to gather FSDP1 flat shards on if ``strategy`` shards the parameters over more
     than one rank (``FSDPStrategy`` other than ``NO_SHARD``); ``None`` for whole or DTensor
     parameters."""
-    if (
-        isinstance(strategy, FSDPStrategy)
-        and strategy.world_size > 1
-        and strategy.sharding_strategy.name != "NO_SHARD"
-    ):
-        return strategy.root_device
+    fsdp = _fsdp1(strategy)
+    if fsdp is not None and fsdp.world_size > 1 and fsdp.sharding_strategy.name != "NO_SHARD":
+        return fsdp.root_device
+    return None
+
+
+def _fsdp1(strategy: Strategy) -> FSDPStrategy | None:
+    """``strategy`` if it is an ``FSDPStrategy`` (FSDP1) of either namespace, else ``None``."""
+    if lightning_isinstance(strategy, "strategies.FSDPStrategy"):
+        return cast("FSDPStrategy", strategy)
     return None
