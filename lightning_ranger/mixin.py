@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lightning_ranger._namespaces import lightning_isinstance
 from lightning_ranger.callbacks.gradient_centralization import GradientCentralization
 from lightning_ranger.callbacks.lookahead import Lookahead
 from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
@@ -146,7 +147,18 @@ class RangerConfig:
         return cls(**value)
 
     def as_dict(self) -> dict[str, Any]:
-        """The fields as plain data (a list for ``betas``), loadable with ``weights_only=True``."""
+        """The fields as plain data (a list for ``betas``): safe YAML, and loadable with
+        ``weights_only=True``; :meth:`from_value` reads it back.
+
+        Example::
+
+            >>> config = RangerConfig(optimizer="radam", betas=(0.8, 0.99))
+            >>> config.as_dict()["betas"]
+            [0.8, 0.99]
+            >>> RangerConfig.from_value(config.as_dict()) == config
+            True
+
+        """
         data = dataclasses.asdict(self)
         data["betas"] = list(self.betas)
         return data
@@ -155,11 +167,16 @@ class RangerConfig:
 class RangerMixin:
     """Configure RAdam, Ranger (RAdam + Lookahead) or an Adam baseline from a hyperparameter.
 
-    Put it before ``LightningModule`` in the bases. The config comes from the hyperparameter
-    ``ranger`` (a :class:`RangerConfig` or a dict of its fields, as LightningCLI and
-    ``load_from_checkpoint`` pass it); override :meth:`ranger_config` to supply it otherwise.
-    Without one the defaults are used, with a one-time warning. The mixin stores the config back
-    in ``hparams["ranger"]`` as plain data, so checkpoints load with ``weights_only=True``.
+    Put it before ``LightningModule`` (of ``lightning.pytorch`` or ``pytorch_lightning``) in the
+    bases. The config comes from the hyperparameter ``ranger`` (a :class:`RangerConfig` or a dict
+    of its fields, as ``load_from_checkpoint`` passes it); override :meth:`ranger_config` to
+    supply it otherwise. Without one the defaults are used, with a one-time warning. Annotate the
+    argument ``ranger: RangerConfig | None`` so that LightningCLI checks every field, the
+    optimizer's name included, when it parses the command line.
+
+    :attr:`hparams` and :attr:`hparams_initial` hold every ``RangerConfig`` as plain data
+    (:meth:`RangerConfig.as_dict`): the logger's ``hparams.yaml`` is plain YAML that
+    ``load_hparams_from_yaml`` reads back, and checkpoints load with ``weights_only=True``.
 
     - :meth:`configure_optimizers` builds the optimizer over ``self.parameters()`` (biases and
       normalization weights without weight decay, see ``no_decay_norm_and_bias``) and, when a
@@ -179,7 +196,7 @@ class RangerMixin:
         from lightning_ranger import RangerConfig, RangerMixin
 
         class Net(RangerMixin, L.LightningModule):
-            def __init__(self, ranger: RangerConfig | dict | None = None):
+            def __init__(self, ranger: RangerConfig | None = None):
                 super().__init__()
                 self.save_hyperparameters()
                 self.layer = torch.nn.Linear(32, 2)
@@ -192,6 +209,17 @@ class RangerMixin:
     """
 
     _ranger_default_warned = False
+
+    @property
+    def hparams(self) -> MutableMapping:
+        """LightningModule's ``hparams``, with each ``RangerConfig`` as a dict of its fields."""
+        return _plain_configs(super().hparams)  # type: ignore[misc]
+
+    @property
+    def hparams_initial(self) -> MutableMapping:
+        """LightningModule's ``hparams_initial`` (what loggers record), with each
+        ``RangerConfig`` as a dict of its fields."""
+        return _plain_configs(super().hparams_initial)  # type: ignore[misc]
 
     def ranger_config(self) -> RangerConfig:
         """The config, from ``self.hparams["ranger"]``; override to supply it another way.
@@ -218,9 +246,12 @@ class RangerMixin:
 
     @property
     def _lightning_module(self) -> LightningModule:
-        if not isinstance(self, LightningModule):
-            raise TypeError("RangerMixin must come before LightningModule in the class's bases")
-        return self
+        if not lightning_isinstance(self, "LightningModule"):
+            raise TypeError(
+                f"{type(self).__name__} is not a LightningModule: RangerMixin goes first in the "
+                "bases of a LightningModule, `class Net(RangerMixin, LightningModule)`"
+            )
+        return self  # type: ignore[return-value]
 
     def configure_optimizers(self) -> Any:
         """The configured optimizer, with a per-step scheduler when a schedule or warmup is set.
@@ -280,6 +311,14 @@ def _warn_if_replacing(module: LightningModule, lookahead: Lookahead) -> None:
                 f"the module's `ranger` config: Lookahead(k={lookahead.k}, "
                 f"alpha={lookahead.alpha}) wins. Set k and alpha in the `ranger` config instead."
             )
+
+
+def _plain_configs(hparams: MutableMapping) -> MutableMapping:
+    """``hparams`` with every ``RangerConfig`` value replaced by its plain data, in place."""
+    for key, value in list(hparams.items()):
+        if isinstance(value, RangerConfig):
+            hparams[key] = value.as_dict()
+    return hparams
 
 
 def _no_decay_parameters(module: nn.Module) -> set[nn.Parameter]:

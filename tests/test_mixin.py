@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.core.saving import load_hparams_from_yaml
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -275,7 +278,7 @@ def test_mixin_after_lightning_module_is_refused():
     class Plain(RangerMixin):
         pass
 
-    with pytest.raises(TypeError, match="RangerMixin must come before LightningModule"):
+    with pytest.raises(TypeError, match=r"Plain is not a LightningModule: RangerMixin goes first"):
         Plain().ranger_config()
     assert Wrong.configure_optimizers is L.LightningModule.configure_optimizers
 
@@ -340,3 +343,66 @@ def test_bad_hyperparameters_fail_before_training(tmp_path, ranger, trainer_kwar
     for name, value in _weights(model).items():
         assert torch.equal(value, before[name])
     assert math.isfinite(value.sum().item())
+
+
+def _optimizer_options(optimizer: torch.optim.Optimizer, module: nn.Module) -> tuple:
+    """The optimizer's type and its groups' options and parameter names, comparable across
+    modules."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    groups = [
+        {
+            **{k: v for k, v in g.items() if k != "params"},
+            "params": [names[id(p)] for p in g["params"]],
+        }
+        for g in optimizer.param_groups
+    ]
+    return type(optimizer), groups
+
+
+ROUND_TRIP = RangerConfig(
+    optimizer="radam",
+    lr=2e-3,
+    betas=(0.8, 0.99),
+    eps=1e-7,
+    weight_decay=0.1,
+    decoupled_weight_decay=True,
+    rectify_threshold=4.5,
+    monitor=False,
+)
+
+
+@pytest.mark.parametrize("logger_class", [CSVLogger, TensorBoardLogger])
+def test_hparams_yaml_is_plain_and_reads_back_into_the_same_optimizer(tmp_path, logger_class):
+    model = MixinNet(ROUND_TRIP)
+    trainer = _trainer(tmp_path, logger=logger_class(tmp_path), max_steps=2)
+    trainer.fit(model, _loader())
+    path = Path(trainer.logger.log_dir) / "hparams.yaml"
+    text = path.read_text()
+    assert "!!python" not in text
+    assert yaml.safe_load(text) == {"ranger": ROUND_TRIP.as_dict()}
+
+    hparams = load_hparams_from_yaml(str(path))
+    assert RangerConfig.from_value(hparams["ranger"]) == ROUND_TRIP
+    restored = MixinNet(**hparams)
+    assert _optimizer_options(restored.configure_optimizers(), restored) == _optimizer_options(
+        trainer.optimizers[0], model
+    )
+
+
+def test_checkpoint_hyperparameters_are_plain_and_build_the_same_optimizer(tmp_path):
+    model = MixinNet(ROUND_TRIP)
+    assert model.hparams["ranger"] == ROUND_TRIP.as_dict()  # before any training
+    assert model.hparams_initial["ranger"] == ROUND_TRIP.as_dict()
+    trainer = _trainer(tmp_path, max_steps=2)
+    trainer.fit(model, _loader())
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    assert torch.load(path, weights_only=True)["hyper_parameters"] == {
+        "ranger": ROUND_TRIP.as_dict()
+    }
+
+    loaded = MixinNet.load_from_checkpoint(path, weights_only=True)
+    assert loaded.ranger_config() == ROUND_TRIP
+    assert _optimizer_options(loaded.configure_optimizers(), loaded) == _optimizer_options(
+        trainer.optimizers[0], model
+    )
