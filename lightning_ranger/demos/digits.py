@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+import importlib.util
 
 import lightning as L
 import torch
@@ -12,18 +12,28 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ranger.mixin import RangerConfig, RangerMixin
 
-__all__ = ["DigitsClassifier", "DigitsDataModule"]
+__all__ = ["DigitsClassifier", "DigitsDataModule", "require_scikit_learn"]
 
 PLAIN_RADAM = RangerConfig(optimizer="radam", monitor=False)
 
 
+def require_scikit_learn() -> None:
+    """Check that scikit-learn, which holds the digits, is installed (the ``examples`` extra).
+
+    Raises:
+        ModuleNotFoundError: in one line that names the extra to install, if it is not.
+
+    """
+    if importlib.util.find_spec("sklearn") is None:
+        raise ModuleNotFoundError(
+            'DigitsDataModule needs scikit-learn: pip install "lightning-ranger[examples]"',
+            name="sklearn",
+        )
+
+
 def _load_digits() -> tuple[Tensor, Tensor]:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:  # scikit-learn is in the `examples` extra
-        raise ImportError(
-            "DigitsDataModule needs scikit-learn: pip install 'lightning-ranger[examples]'"
-        ) from err
+    from sklearn.datasets import load_digits  # the `examples` extra, checked at construction
+
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     return images, torch.tensor(digits.target, dtype=torch.long)
@@ -39,6 +49,9 @@ class DigitsDataModule(L.LightningDataModule):
         test_size: number of test images.
         split_seed: seed of the permutation that defines the split (the same split every run).
         num_workers: DataLoader workers.
+
+    Raises:
+        ModuleNotFoundError: if scikit-learn (the ``examples`` extra) is not installed.
 
     Example::
 
@@ -58,6 +71,7 @@ class DigitsDataModule(L.LightningDataModule):
         split_seed: int = 0,
         num_workers: int = 0,
     ) -> None:
+        require_scikit_learn()
         super().__init__()
         self.save_hyperparameters()
         self.batch_size = batch_size
@@ -111,7 +125,7 @@ class DigitsClassifier(RangerMixin, L.LightningModule):
 
     def __init__(
         self,
-        ranger: RangerConfig | dict[str, Any] | None = PLAIN_RADAM,
+        ranger: RangerConfig | None = PLAIN_RADAM,
         channels: int = 16,
     ) -> None:
         super().__init__()
