@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 from lightning.pytorch import Callback, LightningModule
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import AttributeDict, rank_zero_warn
 from torch import nn
 
 from lightning_ranger._namespaces import lightning_isinstance
@@ -211,12 +211,12 @@ class RangerMixin:
     _ranger_default_warned = False
 
     @property
-    def hparams(self) -> MutableMapping:
+    def hparams(self) -> AttributeDict | MutableMapping:
         """LightningModule's ``hparams``, with each ``RangerConfig`` as a dict of its fields."""
         return _plain_configs(super().hparams)  # type: ignore[misc]
 
     @property
-    def hparams_initial(self) -> MutableMapping:
+    def hparams_initial(self) -> AttributeDict:
         """LightningModule's ``hparams_initial`` (what loggers record), with each
         ``RangerConfig`` as a dict of its fields."""
         return _plain_configs(super().hparams_initial)  # type: ignore[misc]
@@ -313,7 +313,10 @@ def _warn_if_replacing(module: LightningModule, lookahead: Lookahead) -> None:
             )
 
 
-def _plain_configs(hparams: MutableMapping) -> MutableMapping:
+_Hparams = TypeVar("_Hparams", bound=MutableMapping)
+
+
+def _plain_configs(hparams: _Hparams) -> _Hparams:
     """``hparams`` with every ``RangerConfig`` value replaced by its plain data, in place."""
     for key, value in list(hparams.items()):
         if isinstance(value, RangerConfig):
