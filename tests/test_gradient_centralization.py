@@ -4,7 +4,6 @@ GradScaler that skips a step), and bad input."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,8 @@ from torch import Tensor, nn
 
 from lightning_ranger import RAdam
 from lightning_ranger.callbacks.gradient_centralization import (
-    CPU_KERNEL_BUILT,
+    CPU_BLOCK_NUMEL,
     GradientCentralization,
-    _centralize_kernel,
     centralize_gradients,
 )
 
@@ -72,16 +70,14 @@ def _gradients(dtype: torch.dtype) -> list[Tensor]:
 
 
 @pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 2e-6), (torch.float64, 1e-14)])
-@pytest.mark.parametrize(
-    ("cpu_kernel", "cpu_block_numel"), [(True, None), (False, None), (False, 1000), (False, 1)]
-)
+@pytest.mark.parametrize("cpu_block_numel", [None, 1000, 1, CPU_BLOCK_NUMEL])
 def test_matches_the_hand_loop(
-    dtype: torch.dtype, atol: float, cpu_kernel: bool, cpu_block_numel: int | None
+    dtype: torch.dtype, atol: float, cpu_block_numel: int | None
 ) -> None:
     grads = _gradients(dtype)
     expected = [centralized(g) for g in grads]
     storage = [(g.data_ptr(), g.stride()) for g in grads]
-    centralize_gradients(grads, cpu_block_numel, cpu_kernel=cpu_kernel)
+    centralize_gradients(grads, cpu_block_numel)
     assert [(g.data_ptr(), g.stride()) for g in grads] == storage  # in place
     for g, e in zip(grads, expected, strict=True):
         assert g.dtype == dtype
@@ -89,49 +85,6 @@ def test_matches_the_hand_loop(
         if g.numel():
             means = g.mean(dim=tuple(range(1, g.ndim))) if g.ndim > 1 else g.mean()
             torch.testing.assert_close(means, torch.zeros_like(means), rtol=0, atol=atol)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel is built on Linux")
-def test_the_cpu_kernel_is_built() -> None:
-    assert CPU_KERNEL_BUILT
-
-
-@pytest.mark.skipif(not CPU_KERNEL_BUILT, reason="built without the CPU kernel")
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_the_cpu_kernel_on_its_own(threads: int) -> None:
-    """One call with matrices of both dtypes, row lengths around its 16 partial sums and fewer rows
-    than threads gives the float64 result on any number of threads."""
-    shapes = [(2, 1), (1, 15), (3, 16), (2, 17), (5, 33), (4, 1000), (0, 4), (3, 0)]
-    matrices = [torch.randn(s, dtype=torch.float64) + 5.0 for s in shapes]
-    matrices += [torch.randn(3, 100) + 5.0]
-    expected = [m.double() - m.double().mean(dim=1, keepdim=True) for m in matrices]
-    _centralize_kernel.centralize_rows([m.numpy() for m in matrices], threads)
-    for m, e in zip(matrices, expected, strict=True):
-        torch.testing.assert_close(
-            m.double(), e, rtol=0, atol=1e-14 if m.dtype == e.dtype else 2e-6
-        )
-
-
-@pytest.mark.skipif(not CPU_KERNEL_BUILT, reason="built without the CPU kernel")
-@pytest.mark.parametrize(
-    ("matrix", "threads", "error", "match"),
-    [
-        (torch.zeros(3), 1, TypeError, "2-D float32 or float64"),
-        (torch.zeros(3, 4, dtype=torch.float16), 1, TypeError, "2-D float32 or float64"),
-        (torch.zeros(4, 6)[:, ::2], 1, ValueError, "contiguous"),
-        (torch.zeros(3, 4), 0, ValueError, "`threads` must be >= 1"),
-    ],
-)
-def test_the_cpu_kernel_refuses_what_it_cannot_do(
-    matrix: Tensor, threads: int, error: type[Exception], match: str
-) -> None:
-    """Nothing is changed when one of the matrices is refused."""
-    first = torch.arange(6.0).view(2, 3)
-    with pytest.raises(error, match=match):
-        _centralize_kernel.centralize_rows([first.numpy(), matrix.numpy()], threads)
-    assert torch.equal(first, torch.arange(6.0).view(2, 3))
-    with pytest.raises(TypeError, match="sequence of buffers"):
-        _centralize_kernel.centralize_rows(3, 1)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

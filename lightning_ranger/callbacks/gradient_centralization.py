@@ -1,9 +1,8 @@
 r"""Gradient Centralization (Yong et al., 2020) as a Lightning callback, and its functional core.
 
 :func:`centralize_gradients` subtracts, in place, from every gradient its mean over all dimensions
-but the first: plain PyTorch, plus a one-pass C kernel for float32 and float64 gradients on the CPU
-where the package was built with it (``_centralize_kernel.c``). :class:`GradientCentralization`
-calls it on the gradients of each optimizer's parameters right before the optimizer steps.
+but the first, in plain PyTorch (cache-blocked on the CPU). :class:`GradientCentralization` calls
+it on the gradients of each optimizer's parameters right before the optimizer steps.
 """
 
 from __future__ import annotations
@@ -23,24 +22,13 @@ from typing_extensions import override
 
 from lightning_ranger.callbacks._strategies import check_strategy
 
-try:  # imported after torch, so that its OpenMP threads are torch's (libgomp, same soname)
-    from lightning_ranger.callbacks import _centralize_kernel
-except ImportError:  # built without a C compiler, or not on Linux: the eager path does it all
-    _centralize_kernel = None  # type: ignore[assignment]
+__all__ = ["CPU_BLOCK_NUMEL", "GradientCentralization", "centralize_gradients"]
 
-__all__ = ["CPU_BLOCK_NUMEL", "CPU_KERNEL_BUILT", "GradientCentralization", "centralize_gradients"]
-
-#: Whether the one-pass CPU kernel was built with the package (Linux with a C compiler).
-CPU_KERNEL_BUILT = _centralize_kernel is not None
-
-#: Elements per block of the eager path of :func:`centralize_gradients` on the CPU: 2 MiB of
+#: Elements per block of :func:`centralize_gradients` on the CPU: 2 MiB of
 #: float32, which stays in the last-level cache between a block's row sums and its subtraction (the
 #: fastest of the sizes that ``benchmarks/gradient_centralization.py`` compares, on a 2-core
 #: machine).
 CPU_BLOCK_NUMEL = 1 << 19
-
-#: Gradient dtypes that the CPU kernel centralizes.
-_KERNEL_DTYPES = (torch.float32, torch.float64)
 
 #: Gradients whose row sums are accumulated and subtracted in float32.
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -92,7 +80,6 @@ def _centralize_one(grad: Tensor) -> None:
 def centralize_gradients(
     grads: Iterable[Tensor],
     cpu_block_numel: int | None = CPU_BLOCK_NUMEL,
-    cpu_kernel: bool = True,
 ) -> None:
     r"""Gradient Centralization in place: ``g <- g - mean(g over all dims but 0)`` for each ``g``.
 
@@ -100,14 +87,11 @@ def centralize_gradients(
     tensor counts as a single channel: its overall mean is subtracted (the per-channel mean of a
     1-D tensor would be the tensor itself).
 
-    Each gradient is viewed as a ``(channels, elements)`` matrix. Float32 and float64 gradients on
-    the CPU go through a C kernel (when :data:`CPU_KERNEL_BUILT`) that sums each row and subtracts
-    its mean while the row is still in the L1 cache: one read and one write per element, all such
-    gradients in one call on ``torch.get_num_threads()`` threads. Everything else takes the eager
-    path, in blocks of whole rows: a row sum (accumulated in at least float32) and one ``sub_``
-    that divides it by the row length. On the CPU an eager block holds about ``cpu_block_numel``
-    elements (2 MiB of float32), so that the subtraction reads the block from cache, where the sum
-    left it, rather than from memory; on other devices a block is the whole tensor. (Multi-tensor
+    Each gradient is viewed as a ``(channels, elements)`` matrix and centralized in blocks of
+    whole rows: a row sum (accumulated in at least float32) and one ``sub_`` that divides it by the
+    row length. On the CPU a block holds about ``cpu_block_numel`` elements (2 MiB of float32), so
+    that the subtraction reads the block from cache, where the sum left it, rather than from
+    memory; on other devices a block is the whole tensor. (Multi-tensor
     ``torch._foreach_*`` passes were measured slower on the CPU: they run all the sums before any
     subtraction, so every gradient is read from memory twice; see
     ``benchmarks/gradient_centralization.py``.)
@@ -121,15 +105,12 @@ def centralize_gradients(
 
     Args:
         grads: the gradients, dense tensors or ``DTensor``\ s of rank >= 1.
-        cpu_block_numel: elements per block of the eager path on the CPU; ``None``: whole tensors
-            there too.
-        cpu_kernel: use the CPU kernel where it applies; ``False``: the eager path everywhere.
+        cpu_block_numel: elements per block on the CPU; ``None``: whole tensors there too.
 
     Raises:
         ValueError: if a gradient is a 0-dim tensor.
 
     """
-    kernel_rows = []  # NumPy views of the (channels, elements) matrices that the kernel takes
     for grad in grads:
         if grad.ndim == 0:
             raise ValueError("Gradient Centralization needs tensors of rank >= 1, got a scalar")
@@ -144,9 +125,6 @@ def centralize_gradients(
         if rows is None:
             _centralize_one(grad)
             continue
-        if cpu_kernel and CPU_KERNEL_BUILT and grad.is_cpu and grad.dtype in _KERNEL_DTYPES:
-            kernel_rows.append(rows.detach().numpy())
-            continue
         n_rows, n_cols = rows.shape
         dtype = torch.float32 if grad.dtype in _LOW_PRECISION else None
         step = n_rows
@@ -155,8 +133,6 @@ def centralize_gradients(
         for start in range(0, n_rows, step):
             block = rows if step >= n_rows else rows[start : start + step]
             block.sub_(block.sum(dim=1, keepdim=True, dtype=dtype), alpha=1.0 / n_cols)
-    if kernel_rows:
-        _centralize_kernel.centralize_rows(kernel_rows, torch.get_num_threads())
 
 
 class GradientCentralization(Callback):
@@ -188,9 +164,8 @@ class GradientCentralization(Callback):
       ``min_ndim=1`` also centralizes 1-D gradients, each as a single channel (its overall mean is
       subtracted). Sparse gradients are left alone, with a warning.
     - *Cost*: one pass over each gradient (see :func:`centralize_gradients`), no memory beyond
-      one sum per channel. On ResNet-18's weights on a 2-core CPU, the package's C kernel took
-      about 1.1x the time of reading and writing each centralized gradient once, the eager
-      PyTorch path about 1.5x (``benchmarks/gradient_centralization.py``).
+      one sum per channel. On ResNet-18 (batches of 32 CIFAR-sized images, 2 CPU cores) the pass
+      took about 2% of a training step (``benchmarks/gradient_centralization.py``).
     - *Strategies*: a single device and DDP (the gradients are already averaged, so ranks stay
       identical); FSDP2 (``ModelParallelStrategy`` with ``fully_shard``), whose ``Shard(0)``
       gradients hold whole output channels on each rank, so each rank centralizes its shard alone
