@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -406,3 +408,21 @@ def test_checkpoint_hyperparameters_are_plain_and_build_the_same_optimizer(tmp_p
     assert _optimizer_options(loaded.configure_optimizers(), loaded) == _optimizer_options(
         trainer.optimizers[0], model
     )
+
+
+def test_the_package_the_callbacks_and_the_mixin_import_no_extra():
+    """scikit-learn, torchvision and matplotlib (the ``examples`` extra) stay unimported by the
+    package; Lightning and torchmetrics import the latter two themselves when installed."""
+    code = (
+        "import sys\n"
+        "import lightning.pytorch, torchmetrics\n"
+        "extras = ('sklearn', 'torchvision', 'matplotlib')\n"
+        "before = {m for m in extras if m in sys.modules}\n"
+        "import lightning_ranger, lightning_ranger.callbacks, lightning_ranger.cli\n"
+        "from lightning_ranger import RangerMixin\n"
+        "print(sorted({m for m in extras if m in sys.modules} - before))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "[]"
