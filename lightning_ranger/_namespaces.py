@@ -11,6 +11,7 @@ imported it, so it is looked up in ``sys.modules``.
 
 import importlib
 import sys
+from types import ModuleType
 from typing import Any
 
 _NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
@@ -23,6 +24,9 @@ def lightning_classes(path: str) -> tuple[type, ...]:
         path: the class's path below the namespace, for example ``"strategies.FSDPStrategy"``
             or ``"LightningModule"``.
 
+    Raises:
+        AttributeError: if ``lightning.pytorch`` has no such class (a misspelt path).
+
     Example::
 
         >>> from lightning.pytorch.strategies import FSDPStrategy
@@ -30,13 +34,18 @@ def lightning_classes(path: str) -> tuple[type, ...]:
         True
     """
     module_path, _, name = path.rpartition(".")
-    classes = []
-    for namespace in _NAMESPACES:
-        if namespace != _NAMESPACES[0] and namespace not in sys.modules:
-            continue
-        module = importlib.import_module(f"{namespace}.{module_path}" if module_path else namespace)
-        classes.append(getattr(module, name))
+    primary, *others = _NAMESPACES
+    classes = [getattr(_module(primary, module_path), name)]
+    for namespace in others:
+        if namespace in sys.modules:  # a release that lacks the class has no objects of it
+            found = getattr(_module(namespace, module_path), name, None)
+            if isinstance(found, type):
+                classes.append(found)
     return tuple(classes)
+
+
+def _module(namespace: str, module_path: str) -> ModuleType:
+    return importlib.import_module(f"{namespace}.{module_path}" if module_path else namespace)
 
 
 def lightning_isinstance(obj: Any, *paths: str) -> bool:

@@ -9,6 +9,8 @@ checkpoints with the weights the run ended on.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from unittest.mock import Mock
@@ -43,6 +45,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
 
 from lightning_ranger import RAdam, RangerConfig, RangerMixin
+from lightning_ranger._namespaces import lightning_classes, lightning_isinstance
 from lightning_ranger.callbacks import (
     GradientCentralization,
     Lookahead,
@@ -53,6 +56,38 @@ from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY
 
 TESTS = Path(__file__).parent
 CKPT = "epoch=0-step=5.ckpt"
+
+
+def test_lightning_isinstance_recognises_both_namespaces() -> None:
+    lightning_pytorch = namespace("lightning.pytorch")
+    assert lightning_classes("strategies.FSDPStrategy") == (
+        lightning_pytorch.strategies.FSDPStrategy,
+        pytorch_lightning.strategies.FSDPStrategy,
+    )
+    assert lightning_classes("LightningModule") == (
+        lightning_pytorch.LightningModule,
+        pytorch_lightning.LightningModule,
+    )
+    for ns in (lightning_pytorch, pytorch_lightning):
+        checkpoint = ns.callbacks.ModelCheckpoint()
+        assert lightning_isinstance(checkpoint, "loggers.CSVLogger", "callbacks.ModelCheckpoint")
+        assert not lightning_isinstance(checkpoint, "callbacks.EarlyStopping")
+    with pytest.raises(AttributeError, match="ModelCheckpt"):
+        lightning_classes("callbacks.ModelCheckpt")
+
+
+def test_lightning_isinstance_does_not_import_pytorch_lightning() -> None:
+    code = (
+        "import sys\n"
+        "from lightning.pytorch.callbacks import ModelCheckpoint\n"
+        "from lightning_ranger._namespaces import lightning_isinstance\n"
+        "assert lightning_isinstance(ModelCheckpoint(), 'callbacks.ModelCheckpoint')\n"
+        "print('pytorch_lightning' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "False"
 
 
 def _fit_lookahead(name: str, root: Path, ckpt_path: Path | None = None) -> tuple[Any, Any]:
