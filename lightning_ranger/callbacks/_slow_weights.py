@@ -31,6 +31,7 @@ __all__ = [
     "CPU_BATCH_NUMEL",
     "SlowWeights",
     "mismatch_message",
+    "named_parameters",
     "slow_dtype",
     "trainable_parameters",
 ]
@@ -45,13 +46,28 @@ CPU_BATCH_NUMEL = 1 << 17
 _FSDP1_WRAPPED = "_fsdp_wrapped_module."
 
 
+def named_parameters(module: torch.nn.Module) -> dict[str, Tensor]:
+    """``module``'s parameters by name, as in its state dict (without FSDP1's wrapper modules); a
+    parameter shared by several modules appears once, under its first name."""
+    return {name.replace(_FSDP1_WRAPPED, ""): p for name, p in module.named_parameters()}
+
+
 def trainable_parameters(module: torch.nn.Module) -> dict[str, Tensor]:
-    """The parameters that :class:`SlowWeights` tracks, those with ``requires_grad``, by name (as
-    in the module's state dict: without FSDP1's wrapper modules)."""
+    """The parameters with ``requires_grad``, by name (as :func:`named_parameters`)."""
+    return {name: p for name, p in named_parameters(module).items() if p.requires_grad}
+
+
+def _aliases(module: torch.nn.Module, names: Sequence[str]) -> dict[str, list[str]]:
+    """The other state-dict names of each parameter in ``names`` that several modules share (tied
+    weights), for those that have any."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name.replace(_FSDP1_WRAPPED, ""))
+    tracked = set(names)
     return {
-        name.replace(_FSDP1_WRAPPED, ""): p
-        for name, p in module.named_parameters()
-        if p.requires_grad
+        all_names[0]: all_names[1:]
+        for all_names in by_id.values()
+        if len(all_names) > 1 and all_names[0] in tracked
     }
 
 
@@ -75,37 +91,76 @@ def _full(t: Tensor) -> Tensor:
 class SlowWeights:
     """Slow copies of ``module``'s trainable parameters, taken from their current values.
 
-    The module shows either its fast weights (its own, during training) or the slow ones (for
-    evaluation, or after training); while it shows the slow ones, the fast weights wait in a stash
-    (one more copy, in the parameters' dtype).
+    The tracked parameters are those with ``requires_grad`` at construction, or the ones that
+    ``names`` lists (a checkpoint's, whichever their ``requires_grad`` now), and any that
+    :meth:`track_new` adds later. The module shows either its fast weights (its own, during
+    training) or the slow ones (for evaluation, or after training); while it shows the slow ones,
+    the fast weights wait in a stash (one more copy, in the parameters' dtype).
 
     Args:
         module: the module whose parameters with ``requires_grad`` get slow copies.
         flat_shard_device: if the parameters are FSDP1 flat shards (sharded over all ranks), the
             device to communicate on; construction is then a collective. ``None``: they are whole
             tensors or DTensors.
+        names: the names of the parameters to track (all of them parameters of ``module``);
+            ``None``: those with ``requires_grad``.
+
+    Raises:
+        KeyError: if ``names`` holds a name that is not a parameter of ``module``.
 
     """
 
     def __init__(
-        self, module: torch.nn.Module, flat_shard_device: torch.device | None = None
+        self,
+        module: torch.nn.Module,
+        flat_shard_device: torch.device | None = None,
+        names: Sequence[str] | None = None,
     ) -> None:
-        trainable = trainable_parameters(module)
-        self.names: tuple[str, ...] = tuple(trainable)
-        self._params: list[Tensor] = list(trainable.values())
-        with torch.no_grad():
-            self._slow: list[Tensor] = [
-                p.detach().to(dtype=slow_dtype(p.dtype), copy=True) for p in self._params
-            ]
+        self._module = module
+        self._flat_shard_device = flat_shard_device
+        if names is None:
+            tracked = trainable_parameters(module)
+        else:
+            every = named_parameters(module)
+            tracked = {name: every[name] for name in names}
+        self.names: tuple[str, ...] = ()
+        self._params: list[Tensor] = []
+        self._slow: list[Tensor] = []
         self._stash: list[Tensor] | None = None
-        self._layout = (
-            None if flat_shard_device is None else FlatShardLayout(self._params, flat_shard_device)
-        )
+        self._layout: FlatShardLayout | None = None
+        #: The other state-dict names of tracked parameters that modules share (tied weights).
+        self.aliases: dict[str, list[str]] = {}
+        self._track(tracked)
         # The sync's (slow, fast) batches of local tensors, and the storage addresses they were
         # cut from: they are cut again when a storage changes (the module moved, FSDP2 re-laid
         # its shards). The batches keep the old storages alive, so an address cannot be reused.
         self._plan: list[tuple[list[Tensor], list[Tensor]]] = []
         self._plan_key: list[int] = []
+
+    @torch.no_grad()
+    def _track(self, parameters: Mapping[str, Tensor]) -> None:
+        self.names += tuple(parameters)
+        self._params += list(parameters.values())
+        self._slow += [
+            p.detach().to(dtype=slow_dtype(p.dtype), copy=True) for p in parameters.values()
+        ]
+        if self._flat_shard_device is not None:
+            self._layout = FlatShardLayout(self._params, self._flat_shard_device)
+        self.aliases = _aliases(self._module, self.names)
+
+    def track_new(self) -> list[str]:
+        """Track the parameters that have ``requires_grad`` now and are not tracked yet, from their
+        current values; return their names. Under FSDP1 flat shards this is a collective when any
+        parameter is new (every rank sees the same ``requires_grad``)."""
+        if self.shows_slow:
+            raise RuntimeError(
+                "Cannot track new parameters while the module holds the slow weights"
+            )
+        tracked = set(self.names)
+        new = {n: p for n, p in trainable_parameters(self._module).items() if n not in tracked}
+        if new:
+            self._track(new)
+        return list(new)
 
     @property
     def shows_slow(self) -> bool:
@@ -129,6 +184,37 @@ class SlowWeights:
             end = f if f[0].dtype == s[0].dtype else [t.to(s[0].dtype) for t in f]
             torch._foreach_lerp_(s, end, alpha)
             torch._foreach_copy_(f, s)
+
+    @torch.no_grad()
+    def first_nonfinite(self, device: torch.device) -> Tensor:
+        """The index in :attr:`names` of the first tracked parameter whose local fast weights hold
+        a NaN or an infinity, ``len(names)`` if none does: an int64 scalar on ``device``.
+
+        One read of the fast weights, without a copy: a multi-tensor L1 norm per (device, dtype),
+        accumulated in float32, is non-finite exactly when a value is (or when the sum exceeds
+        float32's range, about 3.4e38).
+        """
+        fast = _locals(self._params)
+        first = torch.full((), len(fast), dtype=torch.int64, device=device)
+        for (group_device, _, _), indices in group_indices(fast).items():
+            indices = [i for i in indices if fast[i].numel()]
+            if not indices:
+                continue
+            norms = torch._foreach_norm([fast[i] for i in indices], 1, dtype=torch.float32)
+            index = torch.tensor(indices, device=group_device)
+            index = index.masked_fill(torch.stack(norms).isfinite(), len(fast))
+            first = torch.minimum(first, index.min().to(device))
+        return first
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Reset the fast weights to the slow ones (after a fault), leaving the slow ones as they
+        are."""
+        if self.shows_slow:
+            raise RuntimeError(
+                "Cannot restore the fast weights while the module holds the slow ones"
+            )
+        torch._foreach_copy_(_locals(self._params), _locals(self._slow))
 
     def _sync_plan(self) -> list[tuple[list[Tensor], list[Tensor]]]:
         fast, slow = _locals(self._params), _locals(self._slow)
@@ -158,8 +244,9 @@ class SlowWeights:
         """Put the slow weights in the module, stash the fast ones; ``False`` if shown already."""
         if self.shows_slow:
             return False
-        self._stash = [p.detach().clone() for p in self._params]
-        torch._foreach_copy_(_locals(self._params), _locals(self._slow))
+        stash = [p.detach().clone() for p in self._params]
+        self.restore()
+        self._stash = stash
         return True
 
     @torch.no_grad()
@@ -256,10 +343,18 @@ def _copy_into(dst: Tensor, src: Tensor) -> None:
     _local(dst).copy_(_local(src))
 
 
-def mismatch_message(expected: Sequence[str], found: Sequence[str]) -> str | None:
-    """A description of how two lists of parameter names differ, or ``None`` if they match."""
-    missing = [n for n in expected if n not in found]
-    unexpected = [n for n in found if n not in expected]
-    if not missing and not unexpected:
+def mismatch_message(checkpoint: Sequence[str], module: Sequence[str]) -> str | None:
+    """How the parameter names of a checkpoint and of a module differ, or ``None`` if they match.
+
+    Args:
+        checkpoint: the names that the checkpoint holds weights for.
+        module: the names of the module's parameters that are compared with them.
+    """
+    not_in_module = [n for n in checkpoint if n not in module]
+    not_in_checkpoint = [n for n in module if n not in checkpoint]
+    if not not_in_module and not not_in_checkpoint:
         return None
-    return f"missing from the checkpoint: {missing}; not trainable in the module: {unexpected}"
+    return (
+        f"in the checkpoint but not in the module: {not_in_module}; "
+        f"in the module but not in the checkpoint: {not_in_checkpoint}"
+    )

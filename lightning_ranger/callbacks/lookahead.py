@@ -26,12 +26,13 @@ callback state above lives in the metadata file, which Lightning writes from ran
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
@@ -39,21 +40,32 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from typing_extensions import override
 
+from lightning_ranger._namespaces import lightning_isinstance
 from lightning_ranger._utils import is_real
 from lightning_ranger.callbacks._slow_weights import (
     SlowWeights,
     mismatch_message,
+    named_parameters,
     slow_dtype,
     trainable_parameters,
 )
 from lightning_ranger.callbacks._strategies import check_strategy, flat_shard_device
 
-__all__ = ["FAST_WEIGHTS_KEY", "SLOW_WEIGHTS_KEY", "Lookahead", "lookahead_callbacks"]
+__all__ = [
+    "FAST_WEIGHTS_KEY",
+    "RESTORES_METRIC",
+    "SLOW_WEIGHTS_KEY",
+    "Lookahead",
+    "lookahead_callbacks",
+]
 
 FAST_WEIGHTS_KEY = "lookahead_fast_weights"
 SLOW_WEIGHTS_KEY = "lookahead_slow_weights"
+#: The metric under which Lookahead logs its running count of restores.
+RESTORES_METRIC = "lookahead/restores"
 #: Strategies that load ``checkpoint["state_dict"]`` into the module and drop it before callbacks.
-_LOADS_STATE_DICT_FIRST = (FSDPStrategy, ModelParallelStrategy)
+_LOADS_STATE_DICT_FIRST = ("strategies.FSDPStrategy", "strategies.ModelParallelStrategy")
+_ON_NONFINITE = ("restore", "raise")
 
 
 class Lookahead(Callback):
@@ -83,10 +95,21 @@ class Lookahead(Callback):
       the next cycle starts there). A step that a ``GradScaler`` skipped (``precision="16-mixed"``
       with inf/NaN gradients) still increments ``trainer.global_step`` in automatic optimization, so
       it counts as one of the ``k`` steps.
-    - *What*: every parameter with ``requires_grad``, by name; buffers such as BatchNorm running
-      statistics are not touched. The sync is a multi-tensor ``lerp_`` and ``copy_`` per device
-      and dtype (on the CPU, alternating over cache-sized batches, so that each element crosses
-      the memory bus 4 times rather than 6); the memory is one extra copy of the trainable
+    - *What*: every parameter with ``requires_grad`` when ``fit`` starts, by name; buffers such as
+      BatchNorm running statistics are not touched. A parameter that becomes trainable later
+      (``BackboneFinetuning``, a manual unfreeze) is tracked from the next sync on, its slow weights
+      starting from its value there (a rank-zero warning names it); one that becomes frozen stays
+      tracked, and the syncs move it to its slow weights, which then stay put.
+    - *Faults*: before each sync, the fast weights are checked for NaN and infinity, on every
+      rank (one all-reduce of a flag). With ``on_nonfinite="restore"`` the slow weights stay as
+      they are, the fast weights restart from them, the ``state`` of every optimizer of the trainer
+      is emptied (Adam-like moments and RAdam's rectification warm up again) and the ``k``-cycle
+      goes on from there; a rank-zero warning names the step and the first non-finite parameter,
+      and the running count is logged as ``lookahead/restores``. ``"raise"`` raises instead.
+    - *Cost*: the check reads the fast weights once (a multi-tensor L1 norm). The sync is a
+      multi-tensor ``lerp_`` and ``copy_`` per device and dtype (on the CPU, alternating over
+      cache-sized batches, so that each element crosses the memory bus 4 times rather than 6):
+      5 transfers per element with the check. The memory is one extra copy of the trainable
       parameters (one shard of it per rank under FSDP2), in float32 for float16/bfloat16
       parameters. Evaluating on the slow weights stashes a copy of the fast ones meanwhile.
     - *After fit*: the module holds the slow weights (``final_weights="slow"``, the paper's output)
@@ -108,13 +131,18 @@ class Lookahead(Callback):
             ones at every sync. Default: ``0.5``.
         final_weights: ``"slow"`` or ``"fast"``, the weights the module holds when ``fit`` ends.
             Default: ``"slow"``.
+        on_nonfinite: what a sync does when a fast weight is NaN or infinite: ``"restore"`` the
+            fast weights from the slow ones, or ``"raise"``. Default: ``"restore"``.
 
     Raises:
-        TypeError: if ``k`` is not an int or ``alpha`` not a real number.
-        ValueError: if ``k < 1``, ``alpha`` is outside ``(0, 1]`` or NaN, ``final_weights`` is
-            unknown; at setup, if the trainer has two ``Lookahead`` callbacks or a strategy that
-            is refused (above); when resuming, if the checkpoint's parameter names do not match
-            the module's trainable parameters.
+        TypeError: if ``k`` is not an int, ``alpha`` not a real number or ``on_nonfinite`` not a
+            string.
+        ValueError: if ``k < 1``, ``alpha`` is outside ``(0, 1]`` or NaN, ``final_weights`` or
+            ``on_nonfinite`` is unknown; at setup, if the trainer has two ``Lookahead`` callbacks
+            or a strategy that is refused (above); when resuming, if the checkpoint holds weights
+            of parameters that the module does not have.
+        FloatingPointError: at a sync with ``on_nonfinite="raise"``, if a fast weight is NaN or
+            infinite (on any rank).
 
     Example::
 
@@ -128,7 +156,11 @@ class Lookahead(Callback):
     """
 
     def __init__(
-        self, k: int = 6, alpha: float = 0.5, final_weights: Literal["slow", "fast"] = "slow"
+        self,
+        k: int = 6,
+        alpha: float = 0.5,
+        final_weights: Literal["slow", "fast"] = "slow",
+        on_nonfinite: Literal["restore", "raise"] = "restore",
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int):
             raise TypeError(f"`k` must be a positive int, got {k!r}")
@@ -140,14 +172,22 @@ class Lookahead(Callback):
             raise ValueError(f"`alpha` must be in (0, 1], got {alpha}")
         if final_weights not in ("slow", "fast"):
             raise ValueError(f"`final_weights` must be 'slow' or 'fast', got {final_weights!r}")
+        if not isinstance(on_nonfinite, str):
+            raise TypeError(f"`on_nonfinite` must be 'restore' or 'raise', got {on_nonfinite!r}")
+        if on_nonfinite not in _ON_NONFINITE:
+            raise ValueError(f"`on_nonfinite` must be 'restore' or 'raise', got {on_nonfinite!r}")
         self.k = k
         self.alpha = float(alpha)
         self.final_weights = final_weights
+        self.on_nonfinite = on_nonfinite
+        #: How many times the fast weights were restored from the slow ones (kept across resumes).
+        self.restores = 0
         self._weights: SlowWeights | None = None
         # `trainer.global_step` at the last sync (or at the start); `None` until training starts.
         self._synced_at_step: int | None = None
-        # (slow, fast) from a single-file checkpoint loaded before the strategy set the model up.
-        self._pending: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
+        # (names, slow, fast) from a single-file checkpoint loaded before the strategy set the
+        # model up.
+        self._pending: tuple[list[str], dict[str, Tensor], dict[str, Tensor]] | None = None
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -163,8 +203,12 @@ class Lookahead(Callback):
             "its flat-parameter partitions cannot be addressed by parameter name",
             fsdp1=True,
         )
-        checkpoints = trainer.checkpoint_callbacks
-        if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in checkpoints):
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set at init
+        if any(
+            lightning_isinstance(cb, "callbacks.ModelCheckpoint")
+            and getattr(cb, "save_weights_only", False)
+            for cb in callbacks
+        ):
             rank_zero_warn(
                 "`ModelCheckpoint(save_weights_only=True)` does not call callbacks, so its "
                 "checkpoints hold the fast weights during training, not Lookahead's slow weights."
@@ -192,12 +236,15 @@ class Lookahead(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After the strategy moved (and possibly sharded) the parameters.
-        self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy))
         if self._pending is not None:
-            self._weights.load(*self._pending)
+            names, slow, fast = self._pending
+            self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy), names)
+            self._weights.load(slow, fast)
             self._pending = None
         else:
+            self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy))
             self._synced_at_step = None  # set by `load_state_dict` or at train start
+            self.restores = 0
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -213,10 +260,47 @@ class Lookahead(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        assert self._weights is not None and self._synced_at_step is not None
+        assert self._synced_at_step is not None
         if trainer.global_step - self._synced_at_step >= self.k:
-            self._weights.sync(self.alpha)
+            self._sync(trainer)
             self._synced_at_step = trainer.global_step
+
+    def _sync(self, trainer: pl.Trainer) -> None:
+        """Take up newly trainable parameters, check the fast weights on every rank, then sync or
+        handle the fault."""
+        assert self._weights is not None
+        step = trainer.global_step
+        new = self._weights.track_new()
+        if new:
+            rank_zero_warn(
+                f"Lookahead: {len(new)} parameters became trainable since fit started and are "
+                f"tracked from step {step} on, their slow weights starting from their values "
+                f"there: {new}"
+            )
+        first = self._weights.first_nonfinite(trainer.strategy.root_device)
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        index = int(first.item())
+        if index == len(self._weights.names):
+            self._weights.sync(self.alpha)
+            return
+        name = self._weights.names[index]
+        if self.on_nonfinite == "raise":
+            raise FloatingPointError(
+                f"Lookahead found a NaN or infinite fast weight in parameter {name!r} at step "
+                f"{step} (`on_nonfinite='raise'`)"
+            )
+        self._weights.restore()
+        for optimizer in trainer.optimizers:
+            optimizer.state.clear()
+        self.restores += 1
+        rank_zero_warn(
+            f"Lookahead found a NaN or infinite fast weight in parameter {name!r} at step {step}: "
+            f"the fast weights restart from the slow weights of step {self._synced_at_step} and "
+            f"the optimizers' state is cleared ({self.restores} restores so far)"
+        )
+        for logger in trainer.loggers:
+            logger.log_metrics({RESTORES_METRIC: float(self.restores)}, step=step)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -233,11 +317,16 @@ class Lookahead(Callback):
     def state_dict(self) -> dict[str, Any]:
         if self._weights is None:
             return {}
-        return {"synced_at_step": self._synced_at_step, "names": list(self._weights.names)}
+        return {
+            "synced_at_step": self._synced_at_step,
+            "names": list(self._weights.names),
+            "restores": self.restores,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._synced_at_step = state_dict["synced_at_step"]
+        self.restores = state_dict.get("restores", 0)  # absent before checkpoints counted them
 
     @override
     def on_save_checkpoint(
@@ -252,12 +341,16 @@ class Lookahead(Callback):
         if self._weights.flat_shards:
             slow, fast = _shaped_like(state_dict, slow), _shaped_like(state_dict, fast)
         state_dict.update(slow)
+        for name, aliases in self._weights.aliases.items():  # tied weights: every key of the tensor
+            for alias in aliases:
+                if name in slow and alias in state_dict:
+                    state_dict[alias] = slow[name]
         if sharded:  # only `state_dict` entries are written by every rank
             state_dict[FAST_WEIGHTS_KEY] = fast
         else:
             checkpoint[FAST_WEIGHTS_KEY] = fast
-            if isinstance(trainer.strategy, _LOADS_STATE_DICT_FIRST):
-                widened = _widened(pl_module)
+            if lightning_isinstance(trainer.strategy, *_LOADS_STATE_DICT_FIRST):
+                widened = _widened(named_parameters(pl_module), self._weights.names)
                 checkpoint[SLOW_WEIGHTS_KEY] = {n: t for n, t in slow.items() if n in widened}
 
     @override
@@ -268,7 +361,7 @@ class Lookahead(Callback):
             # The module now holds the checkpoint's `state_dict`: slow weights if from Lookahead.
             self._weights = None
             return
-        state = checkpoint["callbacks"].get(self.state_key)
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
         if state is None:
             rank_zero_info(
                 "The checkpoint was not written with `Lookahead`: the slow weights start from its "
@@ -277,24 +370,35 @@ class Lookahead(Callback):
             if self._weights is not None:  # taken before the strategy restored the checkpoint
                 self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy))
             return
-        mismatch = mismatch_message(state["names"], list(trainable_parameters(pl_module)))
-        if mismatch is not None:
+        names: list[str] = state["names"]
+        parameters = named_parameters(pl_module)
+        if any(name not in parameters for name in names):
+            mismatch = mismatch_message(names, list(trainable_parameters(pl_module)))
             raise ValueError(
-                "The checkpoint's Lookahead weights do not match the module's parameters with "
-                f"`requires_grad`: {mismatch}"
+                "The checkpoint holds Lookahead weights of parameters that the module does not "
+                f"have (compared with the module's parameters with `requires_grad`): {mismatch}"
             )
+        frozen = [name for name in names if not parameters[name].requires_grad]
+        if frozen:
+            rank_zero_warn(
+                f"Lookahead: {len(frozen)} parameters were trainable when the checkpoint was "
+                "written and have `requires_grad=False` now; they stay tracked, and the syncs "
+                f"move them to their slow weights: {frozen}"
+            )
+        if self._weights is not None and self._weights.names != tuple(names):
+            self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy), names)
         if FAST_WEIGHTS_KEY not in checkpoint:
             self._load_sharded(trainer)
             return
         if "state_dict" in checkpoint:
-            slow = {name: checkpoint["state_dict"][name] for name in state["names"]}
+            slow = {name: checkpoint["state_dict"][name] for name in names}
         else:
-            slow = _slow_weights_loaded_into(trainer, pl_module, checkpoint)
-        resume = (slow, checkpoint[FAST_WEIGHTS_KEY])
+            slow = _slow_weights_loaded_into(trainer, pl_module, checkpoint, names)
+        fast = checkpoint[FAST_WEIGHTS_KEY]
         if self._weights is None:  # restored before the strategy set up the model
-            self._pending = resume
+            self._pending = (names, slow, fast)
         else:
-            self._weights.load(*resume)
+            self._weights.load(slow, fast)
 
     def _load_sharded(self, trainer: pl.Trainer) -> None:
         """Read this rank's slow and fast shards from a distributed-checkpoint folder."""
@@ -316,21 +420,27 @@ def _shaped_like(state_dict: dict[str, Any], flat: dict[str, Tensor]) -> dict[st
     }
 
 
-def _widened(pl_module: pl.LightningModule) -> list[str]:
-    """The names of the parameters whose slow copies are wider than they are (16-bit ones)."""
-    return [n for n, p in trainable_parameters(pl_module).items() if slow_dtype(p.dtype) != p.dtype]
+def _widened(parameters: dict[str, Tensor], names: Sequence[str]) -> list[str]:
+    """Those of ``names`` whose slow copies are wider than their parameters (16-bit ones)."""
+    return [n for n in names if slow_dtype(parameters[n].dtype) != parameters[n].dtype]
 
 
 def _slow_weights_loaded_into(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    checkpoint: dict[str, Any],
+    names: Sequence[str],
 ) -> dict[str, Tensor]:
     """The slow weights, from the module that the strategy loaded ``checkpoint["state_dict"]``
     into before dropping it from ``checkpoint`` (``ModelParallelStrategy`` and FSDP1, single-file
     checkpoints), and for 16-bit parameters from ``checkpoint["lookahead_slow_weights"]``.
     :meth:`SlowWeights.load` reads them before it overwrites the parameters with the fast ones."""
-    slow = {n: p.detach() for n, p in trainable_parameters(pl_module).items()}
+    parameters = named_parameters(pl_module)
+    slow = {n: parameters[n].detach() for n in names}
     slow.update(checkpoint.get(SLOW_WEIGHTS_KEY, {}))
-    rounded = [n for n in _widened(pl_module) if n not in checkpoint.get(SLOW_WEIGHTS_KEY, {})]
+    rounded = [
+        n for n in _widened(parameters, names) if n not in checkpoint.get(SLOW_WEIGHTS_KEY, {})
+    ]
     if rounded:  # written before checkpoints held them
         rank_zero_warn(
             f"`{type(trainer.strategy).__name__}` loaded the float32 slow weights of "
