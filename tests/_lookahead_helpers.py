@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_ranger import RAdam
@@ -148,6 +149,32 @@ def two_optimizers(net: TinyNet, name: str, lr: float) -> list[torch.optim.Optim
     return [make_optimizer(name, first, lr), make_optimizer(name, rest, lr)]
 
 
+def poison(grad: Tensor) -> None:
+    """Put a NaN in the first local element of ``grad`` (this rank's shard of a ``DTensor``)."""
+    local = grad.to_local() if isinstance(grad, DTensor) else grad
+    if local.numel():
+        local.view(-1)[0] = float("nan")
+
+
+class NaNGradientNet(Net):
+    """``Net`` with a NaN in the gradient of ``layers.out.bias`` before optimizer step
+    ``nan_at_step`` (1-based), on the ranks in ``nan_ranks``."""
+
+    def __init__(
+        self, nan_at_step: int = 6, nan_ranks: Sequence[int] = (0,), **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.nan_at_step = nan_at_step
+        self.nan_ranks = tuple(nan_ranks)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        bias = self.net.layers["out"].bias
+        step = self.trainer.global_step + 1
+        if step == self.nan_at_step and self.trainer.global_rank in self.nan_ranks:
+            assert bias.grad is not None
+            poison(bias.grad)
+
+
 def make_trainer(tmp_path: Any, callbacks: list[Any], **kwargs: Any) -> Trainer:
     """A quiet single-device CPU trainer, no validation unless ``limit_val_batches`` is given."""
     defaults: dict[str, Any] = {
@@ -194,12 +221,16 @@ def reference_lookahead(
     accumulate: int = 1,
     forward_context: Callable[[], Any] = nullcontext,
     input_dtype: torch.dtype | None = None,
+    before_step: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Lookahead (Algorithm 1) around ``optimizers`` in plain PyTorch; returns ``(fast, slow)``.
 
     An optimizer step happens every ``accumulate`` batches and at the last batch of an epoch (as in
     Lightning); the slow weights sync at the end of a batch once ``k`` steps were taken since the
-    last sync. Slow weights of 16-bit parameters are float32.
+    last sync. Slow weights of 16-bit parameters are float32. ``before_step(steps)``, if given, runs
+    before each optimizer step with the number of steps taken so far (to inject a fault). A sync
+    that finds a NaN or infinite fast weight resets the fast weights to the slow ones and empties
+    the optimizers' state instead.
     """
     trainable = {n: p for n, p in net.named_parameters() if p.requires_grad}
     low_precision = (torch.bfloat16, torch.float16)
@@ -218,14 +249,21 @@ def reference_lookahead(
             loss.backward()
             if (i + 1) % accumulate == 0 or i == len(batches) - 1:
                 for opt in optimizers:
+                    if before_step is not None:
+                        before_step(steps)
                     opt.step()
                     opt.zero_grad()
                     steps += 1
             if steps - synced >= k:
+                finite = all(bool(torch.isfinite(p).all()) for p in trainable.values())
                 with torch.no_grad():
                     for n, p in trainable.items():
-                        slow[n] += alpha * (p.to(slow[n].dtype) - slow[n])
+                        if finite:
+                            slow[n] += alpha * (p.to(slow[n].dtype) - slow[n])
                         p.copy_(slow[n])
+                if not finite:
+                    for opt in optimizers:
+                        opt.state.clear()
                 synced = steps
     fast = {n: p.detach().clone() for n, p in net.named_parameters()}
     return fast, {n: s.clone() for n, s in slow.items()}
