@@ -8,9 +8,9 @@
    environment is visible there, so the extras (scikit-learn, torchvision, matplotlib) and
    undeclared dependencies cannot be imported.
 3. In that venv, from an empty directory: ``import lightning_ranger``, its callbacks and
-   ``RangerMixin``; the README's quick starts as written (the ```` ```python ```` block after each
-   ``<!-- quickstart: NAME -->`` marker); the README's CLI line on the mixin quick start's classes
-   (saved as ``mypkg.py``); and ``lightning-ranger fit`` on the digits demo, which needs the
+   ``RangerMixin``; the README's quick starts as written (the ```` ```python ```` block in each
+   ``quickstart-NAME`` section of README.md); the README's CLI line on the mixin quick start's
+   classes (saved as ``mypkg.py``); and ``lightning-ranger fit`` on the digits demo, which needs the
    ``examples`` extra, must exit with one line that names it.
 
 Run: ``python .ci/wheel_smoke.py`` (``make smoke``; part of ``make test``).
@@ -118,8 +118,10 @@ def link_dependencies(dists: dict[str, md.Distribution], into: Path) -> None:
 
 
 def quickstarts(readme: str) -> dict[str, str]:
-    """The ```` ```python ```` block after each ``<!-- quickstart: NAME -->`` marker."""
-    blocks = dict(re.findall(r"<!-- quickstart: (\w+) -->\s*```python\n(.*?)```", readme, re.S))
+    """The ```` ```python ```` block of each ``<!-- --8<-- [start:quickstart-NAME] -->`` section
+    (the markers also put the blocks into the docs' home page)."""
+    pattern = r"<!-- --8<-- \[start:quickstart-(\w+)\] -->\n```python\n(.*?)```\n"
+    blocks = dict(re.findall(pattern, readme, re.S))
     missing = set(QUICKSTARTS) - set(blocks)
     if missing:
         sys.exit(f"FAILED: README.md lacks the quick starts {sorted(missing)}")
