@@ -168,8 +168,10 @@ class Reference(Callback):
     """After every optimizer step, the expected values of every group, computed by hand.
 
     ``self.values[global_step][(optimizer index, group index)]`` holds ``t``, ``mean``, ``var``,
-    ``min``, ``max``, ``count``, ``sum``, ``sum_sq`` and the bucket ``counts`` (per right limit
-    of :func:`tf_bucket_limits`) of ``l_t = sqrt(1 - beta2^t) / (sqrt(v) + eps)`` over the group.
+    ``min``, ``max``, ``count``, ``sum``, ``sum_sq``, the bucket ``counts`` (per right limit
+    of :func:`tf_bucket_limits`) and the ``sorted`` values of
+    ``l_t = sqrt(1 - beta2^t) / (sqrt(v) + eps)`` over the group, and the share of elements with
+    ``sqrt(v) < eps`` (``eps_dominated``).
     """
 
     def __init__(self) -> None:
@@ -192,7 +194,12 @@ class Reference(Callback):
                     v = state["exp_avg_sq"].detach().double().numpy().ravel()
                     parts.append(math.sqrt(1.0 - beta2**t) / (np.sqrt(v) + eps))
                 lr = np.concatenate(parts)
+                v_all = np.concatenate(
+                    [s["exp_avg_sq"].detach().double().numpy().ravel() for s in states]
+                )
                 step_values[(j, i)] = {
+                    "eps_dominated": float((np.sqrt(v_all) < eps).mean()),
+                    "sorted": np.sort(lr),
                     "t": float(states[0]["step"]),
                     "mean": lr.mean(),
                     "var": lr.var(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import math
 import re
@@ -12,16 +13,26 @@ import numpy as np
 import pytest
 import torch
 from _monitor_helpers import TWO_GROUPS, Reference, Regressor, events, scalars, trainer
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.distributed.fsdp import ShardingStrategy
 
-from lightning_ranger import RAdam
-from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor, _Group
+from lightning_ranger import RAdam, rectification
+from lightning_ranger.callbacks.rectification_monitor import (
+    RectificationMonitor,
+    _build_probe,
+    _Group,
+)
+from lightning_ranger.optim import adaptive_lr as stats
 
 METRICS = ["rho_t", "r_t", "rho_t_threshold", "r_t_linear_warmup"]
-METRICS += ["adaptive_lr_mean", "adaptive_lr_var"]
+METRICS += ["adaptive_lr_mean", "adaptive_lr_var", "eps_dominated_fraction", "nonfinite_fraction"]
+METRICS += ["adaptive_lr_p05", "adaptive_lr_p50", "adaptive_lr_p95"]
+#: The variance over draws: from the second recorded step on (``_gaussian``: while rho_t > 4).
+DRAWS = ["adaptive_lr_var_ratio", "adaptive_lr_rel_var", "rectified_var_ratio"]
+GAUSSIAN = "adaptive_lr_var_ratio_gaussian"
 STEPS = list(range(1, 13))
 
 
@@ -47,6 +58,16 @@ def check_group(accumulator, reference, key, suffix, beta2, threshold, steps) ->
             assert series[metric][step] == pytest.approx(value, rel=1e-6, abs=1e-12), metric
         assert series["adaptive_lr_mean"][step] == pytest.approx(expected["mean"], rel=1e-4)
         assert series["adaptive_lr_var"][step] == pytest.approx(expected["var"], rel=1e-3)
+        assert series["eps_dominated_fraction"][step] == pytest.approx(expected["eps_dominated"])
+        assert series["nonfinite_fraction"][step] == 0.0
+        # Each quantile q lies, within a histogram bucket (10%), between the order statistics
+        # around q * n (conventions differ by one element on a small group).
+        values = expected["sorted"]
+        for q in (0.05, 0.5, 0.95):
+            rank = math.ceil(q * len(values))
+            low, high = values[max(rank - 2, 0)], values[min(rank, len(values) - 1)]
+            got = series[f"adaptive_lr_p{round(100 * q):02d}"][step]
+            assert low / 1.1 <= got <= high * 1.1, (q, low, got, high)
 
 
 def check_histograms(accumulator, reference, key, suffix, steps) -> None:
@@ -66,9 +87,9 @@ def check_histograms(accumulator, reference, key, suffix, steps) -> None:
         np.testing.assert_array_equal(h.bucket, expected["counts"][first:last])
 
 
-def fit(tmp_path, model, monitor, max_steps=12, **kwargs):
+def fit(tmp_path, model, monitor, max_steps=12, callbacks_first=(), **kwargs):
     reference = Reference()
-    run = trainer(tmp_path, max_steps, [monitor, reference], **kwargs)
+    run = trainer(tmp_path, max_steps, [*callbacks_first, monitor, reference], **kwargs)
     run.fit(model)
     return run, events(tmp_path), reference
 
@@ -83,6 +104,16 @@ def fit(tmp_path, model, monitor, max_steps=12, **kwargs):
         ({"logging_interval": True}, TypeError, r"`logging_interval` must be .* got True"),
         ({"log_histograms": 1}, TypeError, r"`log_histograms` must be a bool, got 1"),
         ({"log_histograms": None}, TypeError, r"`log_histograms` must be a bool, got None"),
+        ({"probe_size": 1}, ValueError, r"`probe_size` must be an int >= 2 \(coordinates .*got 1"),
+        ({"probe_size": 8.0}, TypeError, r"`probe_size` must be an int >= 2 .*got 8.0"),
+        ({"probe_history": 0}, ValueError, r"`probe_history` must be an int >= 2 .*got 0"),
+        ({"probe_history": "9"}, TypeError, r"`probe_history` must be an int >= 2 .*got '9'"),
+        ({"quantiles": 0.5}, TypeError, r"`quantiles` must be a sequence of floats in \(0, 1\)"),
+        ({"quantiles": "p50"}, TypeError, r"`quantiles` must be a sequence of floats"),
+        ({"quantiles": [0.5, None]}, TypeError, r"got None in it"),
+        ({"quantiles": [0.5, 1.0]}, ValueError, r"`quantiles` must be floats in \(0, 1\), got 1.0"),
+        ({"quantiles": [0.0]}, ValueError, r"`quantiles` must be floats in \(0, 1\), got 0.0"),
+        ({"quantiles": [0.25, 0.25]}, ValueError, r"`quantiles` must be distinct, got 0.25 twice"),
     ],
 )
 def test_bad_arguments_raise_at_construction(kwargs, error, match):
@@ -96,8 +127,16 @@ def test_two_param_groups_every_step(tmp_path):
         tmp_path, Regressor(groups=TWO_GROUPS), RectificationMonitor(logging_interval=1)
     )
     steps = list(range(1, 13))
-    expected_tags = {f"rectification/{m}/pg{i}" for m in METRICS for i in (1, 2)}
+    expected_tags = {
+        f"rectification/{m}/pg{i}" for m in [*METRICS, *DRAWS, GAUSSIAN] for i in (1, 2)
+    }
     assert set(accumulator.Tags()["scalars"]) == expected_tags
+    for i, group in enumerate(TWO_GROUPS):
+        for metric in DRAWS:
+            assert sorted(scalars(accumulator, f"rectification/{metric}/pg{i + 1}")) == steps[1:]
+        gaussian = scalars(accumulator, f"rectification/{GAUSSIAN}/pg{i + 1}")
+        beta2 = group["betas"][1]
+        assert sorted(gaussian) == [t for t in steps[1:] if rectification(t, beta2)[0] > 4]
     for i, group in enumerate(TWO_GROUPS):
         beta2, threshold = group["betas"][1], group.get("rectify_threshold", 5.0)
         check_group(accumulator, reference, (0, i), f"/pg{i + 1}", beta2, threshold, steps)
@@ -119,13 +158,29 @@ def test_custom_scalars_layout(tmp_path):
     assert category.title == "rectification"
     charts = {c.title: list(c.multiline.tag) for c in category.chart}
     assert sorted(charts) == [
+        "adaptive_lr quantiles/pg1",
+        "adaptive_lr quantiles/pg2",
+        "adaptive_lr_var_ratio/pg1 vs 1/r_t^2 vs rectified",
+        "adaptive_lr_var_ratio/pg2 vs 1/r_t^2 vs rectified",
         "r_t/pg1 vs r_t_linear_warmup",
         "r_t/pg2 vs r_t_linear_warmup",
         "rho_t/pg1 vs rho_t_threshold",
         "rho_t/pg2 vs rho_t_threshold",
     ]
-    tags = [f"rectification/{m}/pg{i}" for m in METRICS for i in (1, 2)]
+    tags = [f"rectification/{m}/pg{i}" for m in [*METRICS, *DRAWS, GAUSSIAN] for i in (1, 2)]
+    for i in (1, 2):
+        matched = [
+            [t for t in tags if re.match(p, t)]
+            for p in charts[f"adaptive_lr_var_ratio/pg{i} vs 1/r_t^2 vs rectified"]
+        ]
+        assert matched == [[f"rectification/{m}/pg{i}"] for m in (DRAWS[0], GAUSSIAN, DRAWS[2])]
+        matched = [
+            [t for t in tags if re.match(p, t)] for p in charts[f"adaptive_lr quantiles/pg{i}"]
+        ]
+        assert matched == [[f"rectification/adaptive_lr_p{q}/pg{i}"] for q in ("05", "50", "95")]
     for title, patterns in charts.items():
+        if title.startswith("adaptive_lr"):
+            continue
         metric, suffix, companion = re.fullmatch(r"(\w+)(/pg\d) vs (\w+)", title).groups()
         # TensorBoard selects the tags a pattern `re.match`es: exactly the pair of this chart.
         matched = [[t for t in tags if re.match(p, t)] for p in patterns]
@@ -219,7 +274,7 @@ def test_group_names_and_two_optimizers(tmp_path):
         max_steps=16,
     )
     assert set(accumulator.Tags()["scalars"]) == {
-        f"rectification/{m}/opt{j}" for m in METRICS for j in (1, 2)
+        f"rectification/{m}/opt{j}" for m in [*METRICS, *DRAWS, GAUSSIAN] for j in (1, 2)
     }
     for j in (1, 2):
         check_group(accumulator, reference, (j - 1, 0), f"/opt{j}", 0.999, 5.0, [4, 8, 12, 16])
@@ -297,8 +352,150 @@ def test_a_rank_without_optimizer_state_still_joins_the_fsdp1_reduce():
     trainer = Mock(world_size=2, is_global_zero=False, strategy=strategy, loggers=[])
     monitor = RectificationMonitor(logging_interval=1, log_histograms=False)
     monitor._groups = [_Group(optimizer, 1, i, f"/pg{i + 1}") for i in range(2)]
+    monitor._probes = {g: _build_probe(g.options["params"], 8, 4, None, 2) for g in monitor._groups}
+    monitor._sharded = True
     monitor._log(trainer, step=1)
     reduced = [call.kwargs["reduce_op"] for call in strategy.reduce.call_args_list]
     assert reduced == ["sum", "max"]
     sums = strategy.reduce.call_args_list[0].args[0]
-    assert sums.shape == (2, 3) and not sums.any()
+    # Per group: the sums over the weights and histogram buckets, and an empty probe row.
+    assert sums.shape == (2 * (stats.BUCKETS + len(stats.BUCKET_LIMITS)),) and not sums.any()
+
+
+def test_pytorch_lightning_tensorboard_logger_gets_histograms_and_layout(tmp_path, caplog):
+    """Under ``pytorch_lightning`` (Trainer, module and TensorBoardLogger of that namespace) the
+    histograms and the custom-scalars layout are written, and no logger is said to take none."""
+    import pytorch_lightning
+    from _pl_helpers import PLNet
+
+    logger = pytorch_lightning.loggers.TensorBoardLogger(
+        tmp_path, name="", version=0, default_hp_metric=False
+    )
+    run = pytorch_lightning.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=4,
+        logger=logger,
+        callbacks=[RectificationMonitor(logging_interval=2)],
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    with caplog.at_level(logging.INFO):
+        run.fit(PLNet())
+    assert not [r for r in caplog.records if "takes no histograms" in r.getMessage()]
+    accumulator = events(tmp_path)
+    assert [h.step for h in accumulator.Histograms("rectification/adaptive_lr")] == [2, 4]
+    (config,) = accumulator.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    assert "adaptive_lr quantiles" in [c.title for c in layout.category[0].chart]
+
+
+class Recorder(Callback):
+    """The optimizer's ``exp_avg_sq`` after every step, and the gradient norm before clipping."""
+
+    def __init__(self) -> None:
+        self.v: list[torch.Tensor] = []
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad.reshape(-1) for p in pl_module.parameters()]
+        self.norms.append(float(torch.cat(grads).norm()))
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step > len(self.v):
+            optimizer = trainer.optimizers[0]
+            v = [
+                optimizer.state[p]["exp_avg_sq"].reshape(-1)
+                for p in optimizer.param_groups[0]["params"]
+            ]
+            self.v.append(torch.cat(v).clone())
+
+
+def test_probe_records_the_gradients_the_optimizer_used(tmp_path):
+    """With 2 accumulated batches and norm clipping at 0.05, the probe holds the gradients that
+    the optimizer's v_t was updated with: ``g_t^2 = (v_t - beta2 v_{t-1}) / (1 - beta2)``, in
+    float64. The logged variance series are the statistics of those gradients."""
+    recorder = Recorder()
+    monitor = RectificationMonitor(logging_interval=6, probe_size=100)
+    _, accumulator, _ = fit(
+        tmp_path,
+        Regressor(),
+        monitor,
+        max_steps=6,
+        precision="64-true",
+        accumulate_grad_batches=2,
+        gradient_clip_val=0.05,
+        callbacks_first=[recorder],
+    )
+    assert min(recorder.norms) > 0.05  # every step was clipped
+    beta2 = 0.999
+    v = [torch.zeros_like(recorder.v[0]), *recorder.v]
+    squares = torch.stack([(b - beta2 * a) / (1 - beta2) for a, b in itertools.pairwise(v)])
+    (probe,) = monitor._probes.values()
+    assert probe.size == 83 and probe.history.recorded == 6
+    pool = probe.history.pool.double()
+    torch.testing.assert_close(pool.square(), squares, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(float(pool.norm(dim=1).max()), 0.05, rtol=1e-6)
+    draws = stats.draw_statistics(squares.sqrt(), 6, beta2, 1e-8, replicates=128)
+    ratio, relative = stats.summarize_draws(
+        draws.var, draws.mean, draws.var_limit, (squares != 0).all(dim=0)
+    )
+    assert scalars(accumulator, "rectification/adaptive_lr_var_ratio")[6] == pytest.approx(
+        ratio, rel=1e-5
+    )
+    assert scalars(accumulator, "rectification/adaptive_lr_rel_var")[6] == pytest.approx(
+        relative, rel=1e-5
+    )
+
+
+class Faults(Callback):
+    """NaN and inf into ``exp_avg_sq`` after step ``at``, a NaN gradient coordinate at the next."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step == self.at:  # the step after `at`
+            pl_module.net[2].weight.grad[0, 0] = math.nan
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.at:
+            state = trainer.optimizers[0].state[trainer.model.net[0].weight]
+            state["exp_avg_sq"][0, :3] = math.nan
+            state["exp_avg_sq"][1, :2] = math.inf
+
+
+def test_nonfinite_state_and_gradients_never_raise_and_are_counted(tmp_path):
+    """5 of 83 entries of exp_avg_sq non-finite at step 6, 6 at step 7 (the NaN gradient):
+    training goes on, the share is logged, and every other series stays finite, computed over the
+    finite entries only; the probe drops the coordinate of the NaN gradient."""
+    monitor = RectificationMonitor(logging_interval=1, probe_size=100)
+    run, accumulator, reference = fit(
+        tmp_path / "late", Regressor(), monitor, max_steps=7, callbacks_first=[Faults(at=6)]
+    )
+    nonfinite = scalars(accumulator, "rectification/nonfinite_fraction")
+    assert [round(nonfinite[s] * 83) for s in range(1, 8)] == [0, 0, 0, 0, 0, 5, 6]
+    for tag in accumulator.Tags()["scalars"]:
+        assert all(math.isfinite(x) for x in scalars(accumulator, tag).values()), tag
+    mean = scalars(accumulator, "rectification/adaptive_lr_mean")
+    for step in (6, 7):
+        values = reference.values[step][(0, 0)]["sorted"]
+        finite = values[np.isfinite(values) & (values > 0)]
+        assert mean[step] == pytest.approx(finite.mean(), rel=1e-4)
+    (probe,) = monitor._probes.values()
+    assert int((~probe.history.alive).sum()) == 1 + int(
+        (probe.history.pool[:6] == 0).any(dim=0).sum()
+    )
+
+    # Early faults make the whole model diverge: every entry ends non-finite, nothing raises.
+    monitor = RectificationMonitor(logging_interval=1)
+    run, accumulator, _ = fit(
+        tmp_path / "early", Regressor(), monitor, max_steps=8, callbacks_first=[Faults(at=2)]
+    )
+    assert run.global_step == 8
+    assert scalars(accumulator, "rectification/nonfinite_fraction")[8] == 1.0
+    assert 8 not in scalars(accumulator, "rectification/adaptive_lr_var_ratio")
+    for tag in accumulator.Tags()["scalars"]:
+        assert all(math.isfinite(x) for x in scalars(accumulator, tag).values()), tag
