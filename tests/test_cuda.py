@@ -1,9 +1,9 @@
 """The CUDA paths, for a machine with a GPU: RAdam's three implementations against the float64
-Algorithm 2, Gradient Centralization's eager path, and Lookahead's exact resume in the GPU
-precisions (16-mixed with a real GradScaler, bf16-mixed).
+Algorithm 2, Gradient Centralization, and Lookahead's exact resume in the GPU precisions (16-mixed
+with a real GradScaler, bf16-mixed).
 
-Skipped without CUDA. No GPU was lent to the work that wrote them: they have not run yet (see the
-README's matrix), and the first run on a GPU is issue 8's check of these cells.
+Skipped without CUDA; not yet run on a GPU. They check the CUDA cells of the strategy matrix
+(docs/strategies.md): ``python -m pytest -m cuda`` on a machine with a GPU.
 """
 
 from __future__ import annotations
