@@ -30,7 +30,12 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import nn
 
-from lightning_ranger.callbacks._slow_weights import CPU_BATCH_NUMEL, SlowWeights, slow_dtype
+from lightning_ranger.callbacks._slow_weights import (
+    CPU_BATCH_NUMEL,
+    SlowWeights,
+    mismatch_message,
+    slow_dtype,
+)
 from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY, Lookahead
 from lightning_ranger.callbacks.slow_weight_swap import SlowWeightSwap
 
@@ -264,17 +269,77 @@ def test_resume_is_keyed_by_name_not_by_position(tmp_path: Path) -> None:
     assert_equal(resumed["slow"], uninterrupted["slow"])
 
 
-def test_resume_with_other_trainable_parameters_fails_clearly(tmp_path: Path) -> None:
-    _run(tmp_path, "first", Net("plain_sgd"), max_epochs=1)
-    frozen = Net("plain_sgd", frozen=("layers.out.bias",))
-    with pytest.raises(ValueError, match=r"do not match .*not trainable in the module: \[\]"):
-        _run(
-            tmp_path,
-            "resumed",
-            frozen,
-            max_epochs=2,
-            ckpt_path=tmp_path / "first" / "epoch=0-step=5.ckpt",
-        )
+class _EveryParameterNet(Net):
+    """``Net`` whose optimizer holds every parameter, frozen ones too (SGD skips those)."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return make_optimizer(self.hparams.optimizer, self.parameters(), self.hparams.lr)
+
+
+def test_resume_with_a_parameter_frozen_since_warns_and_keeps_it_tracked(tmp_path: Path) -> None:
+    _run(tmp_path, "first", _EveryParameterNet("plain_sgd"), max_epochs=1)
+    ckpt = tmp_path / "first" / "epoch=0-step=5.ckpt"
+    frozen = _EveryParameterNet("plain_sgd", frozen=("layers.out.bias",))
+    with pytest.warns(
+        UserWarning,
+        match=r"1 parameters were trainable when the checkpoint was written and have "
+        r"`requires_grad=False` now; they stay tracked.*\['net.layers.out.bias'\]",
+    ):
+        _, lookahead = _run(tmp_path, "resumed", frozen, max_epochs=2, ckpt_path=ckpt)
+    # Tracked from the checkpoint: the sync at step 6 moved the frozen bias to its slow weights.
+    fast, slow = _fast_and_slow(lookahead, frozen)
+    assert torch.equal(fast["net.layers.out.bias"], slow["net.layers.out.bias"])
+    checkpoint = torch.load(tmp_path / "resumed" / "epoch=1-step=10.ckpt", weights_only=True)
+    assert "net.layers.out.bias" in checkpoint["callbacks"]["Lookahead"]["names"]
+
+
+class _RenamedNet(Net):
+    """``Net`` with its layers under ``body`` instead of ``net``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.body = self.net
+        del self.net
+        self.strict_loading = False  # so that Lightning loads the checkpoint and Lookahead sees it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_resume_into_a_module_without_the_checkpoints_parameters_fails_clearly(
+    tmp_path: Path,
+) -> None:
+    _run(tmp_path, "first", Net("plain_sgd", frozen=("layers.out.bias",)), max_epochs=1)
+    ckpt = tmp_path / "first" / "epoch=0-step=5.ckpt"
+    with pytest.raises(
+        ValueError,
+        match=r"holds Lookahead weights of parameters that the module does not have .*: "
+        r"in the checkpoint but not in the module: \['net.layers.inp.weight', "
+        r"'net.layers.inp.bias', 'net.layers.out.weight'\]; in the module but not in the "
+        r"checkpoint: \['body.layers.inp.weight', 'body.layers.inp.bias', "
+        r"'body.layers.out.weight', 'body.layers.out.bias'\]",
+    ):
+        _run(tmp_path, "resumed", _RenamedNet(optimizer="plain_sgd"), max_epochs=2, ckpt_path=ckpt)
+
+
+def test_mismatch_message_labels_each_side() -> None:
+    assert mismatch_message(["a", "b"], ["b", "a"]) is None
+    assert mismatch_message(["a", "gate"], ["a", "new"]) == (
+        "in the checkpoint but not in the module: ['gate']; "
+        "in the module but not in the checkpoint: ['new']"
+    )
+
+
+def test_resume_from_a_weights_only_checkpoint_gets_lightnings_message(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "weights", save_weights_only=True)
+    trainer = make_trainer(
+        tmp_path, [Lookahead(k=3), checkpoint], max_epochs=1, enable_checkpointing=True
+    )
+    with pytest.warns(UserWarning, match=r"save_weights_only=True"):
+        trainer.fit(Net("plain_sgd"))
+    trainer = make_trainer(tmp_path, [Lookahead(k=3)], max_epochs=2)
+    with pytest.raises(KeyError, match=r"checkpoint contains only the model.*save_weights_only"):
+        trainer.fit(Net("plain_sgd"), ckpt_path=checkpoint.best_model_path)
 
 
 def test_resume_from_a_checkpoint_without_lookahead_starts_from_its_weights(tmp_path: Path) -> None:
@@ -487,3 +552,12 @@ def test_save_weights_only_checkpoints_warn(tmp_path: Path) -> None:
     )
     with pytest.warns(UserWarning, match=r"save_weights_only=True.*fast weights"):
         trainer.fit(Net())
+
+
+def test_save_weights_only_warns_under_pytorch_lightning_too() -> None:
+    pl_callbacks = pytest.importorskip("pytorch_lightning.callbacks")
+    lookahead = Lookahead()
+    checkpoint = pl_callbacks.ModelCheckpoint(save_weights_only=True)
+    trainer = Mock(strategy=Mock(), callbacks=[lookahead, checkpoint])
+    with pytest.warns(UserWarning, match=r"save_weights_only=True.*fast weights"):
+        lookahead.setup(trainer, Net(), stage="fit")
