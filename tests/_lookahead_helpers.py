@@ -222,6 +222,7 @@ def reference_lookahead(
     forward_context: Callable[[], Any] = nullcontext,
     input_dtype: torch.dtype | None = None,
     before_step: Callable[[int], None] | None = None,
+    before_epoch: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Lookahead (Algorithm 1) around ``optimizers`` in plain PyTorch; returns ``(fast, slow)``.
 
@@ -230,17 +231,17 @@ def reference_lookahead(
     last sync. Slow weights of 16-bit parameters are float32. ``before_step(steps)``, if given, runs
     before each optimizer step with the number of steps taken so far (to inject a fault). A sync
     that finds a NaN or infinite fast weight resets the fast weights to the slow ones and empties
-    the optimizers' state instead.
+    the optimizers' state instead. ``before_epoch(epoch)``, if given, runs at each epoch's start
+    (to unfreeze parameters); a parameter that has become trainable is tracked from the next sync
+    on, its slow weights starting from its value there.
     """
     trainable = {n: p for n, p in net.named_parameters() if p.requires_grad}
-    low_precision = (torch.bfloat16, torch.float16)
-    slow = {
-        n: p.detach().to(torch.float32 if p.dtype in low_precision else p.dtype, copy=True)
-        for n, p in trainable.items()
-    }
+    slow = {n: p.detach().to(_slow_dtype(p.dtype), copy=True) for n, p in trainable.items()}
     steps = synced = 0
     net.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if before_epoch is not None:
+            before_epoch(epoch)
         for i, (x, y) in enumerate(batches):
             if input_dtype is not None:
                 x, y = x.to(input_dtype), y.to(input_dtype)
@@ -255,6 +256,10 @@ def reference_lookahead(
                     opt.zero_grad()
                     steps += 1
             if steps - synced >= k:
+                for n, p in net.named_parameters():
+                    if p.requires_grad and n not in slow:
+                        trainable[n] = p
+                        slow[n] = p.detach().to(_slow_dtype(p.dtype), copy=True)
                 finite = all(bool(torch.isfinite(p).all()) for p in trainable.values())
                 with torch.no_grad():
                     for n, p in trainable.items():
@@ -267,6 +272,11 @@ def reference_lookahead(
                 synced = steps
     fast = {n: p.detach().clone() for n, p in net.named_parameters()}
     return fast, {n: s.clone() for n, s in slow.items()}
+
+
+def _slow_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The reference's dtype for slow weights: float32 for 16-bit parameters."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def batches_of(dataset: TensorDataset, batch_size: int) -> list[tuple[Tensor, Tensor]]:
