@@ -20,7 +20,7 @@ lint: $(VENV)/.installed-dev
 
 # The docs site into build/site, every warning an error (a broken link or reference fails).
 docs: $(VENV)/.installed-dev
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 smoke: $(VENV)/.installed-dev
 	$(BIN)/python .ci/wheel_smoke.py
