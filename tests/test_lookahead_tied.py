@@ -1,0 +1,128 @@
+"""Lookahead with tied weights: a language model whose output layer shares the embedding's weight.
+Both state-dict keys of the shared tensor hold the slow weights in the checkpoint, so loading it
+(``load_from_checkpoint``, ``trainer.test(ckpt_path=...)``) gives the slow weights; resuming is
+exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _lookahead_helpers import assert_equal, make_trainer
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_ranger import RAdam
+from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY, Lookahead
+from lightning_ranger.callbacks.slow_weight_swap import SlowWeightSwap
+
+VOCAB, WIDTH, LENGTH = 11, 8, 6
+CKPT = "epoch=0-step=5.ckpt"  # 5 steps, k=3: 2 steps after the last sync
+pytestmark = pytest.mark.filterwarnings("ignore:.*dirpath has changed")
+
+
+class TiedLM(LightningModule):
+    """A next-token model whose output projection is the embedding (``out.weight is
+    emb.weight``), as in most language models."""
+
+    def __init__(self, seed: int = 0, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(VOCAB, WIDTH)
+        self.mix = nn.Linear(WIDTH, WIDTH)
+        self.out = nn.Linear(WIDTH, VOCAB, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.out(torch.tanh(self.mix(self.emb(tokens))))
+
+    def loss(self, batch: list[Tensor]) -> Tensor:
+        (tokens,) = batch
+        logits = self(tokens[:, :-1])
+        return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        return self.loss(batch)
+
+    def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        self.log("val_loss", self.loss(batch))
+
+    def test_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        self.log("test_loss", self.loss(batch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return RAdam(self.parameters(), lr=self.hparams.lr)
+
+    def train_dataloader(self) -> DataLoader:
+        return _tokens(20, seed=1)
+
+    def val_dataloader(self) -> DataLoader:
+        return _tokens(8, seed=2)
+
+    def test_dataloader(self) -> DataLoader:
+        return _tokens(8, seed=2)
+
+
+def _tokens(n: int, seed: int) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, VOCAB, (n, LENGTH + 1), generator=g)
+    return DataLoader(TensorDataset(tokens), batch_size=4 if n > 8 else 8)
+
+
+def _fit(tmp_path: Path, name: str, max_epochs: int, ckpt_path: Any = None) -> tuple[dict, dict]:
+    model = TiedLM(seed=7 if ckpt_path else 0)
+    lookahead = Lookahead(k=3, alpha=0.5, final_weights="fast")
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / name, save_top_k=-1, every_n_epochs=1)
+    trainer = make_trainer(
+        tmp_path / name,
+        [lookahead, SlowWeightSwap(), checkpoint],
+        max_epochs=max_epochs,
+        limit_val_batches=None,
+        enable_checkpointing=True,
+    )
+    trainer.fit(model, ckpt_path=ckpt_path)
+    assert model.out.weight is model.emb.weight
+    fast = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lookahead.show_slow_weights()
+    slow = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lookahead.show_fast_weights()
+    return fast, slow
+
+
+def test_every_key_of_a_tied_weight_holds_the_slow_weights(tmp_path: Path) -> None:
+    fast, slow = _fit(tmp_path, "run", 1)
+    assert list(slow) == ["emb.weight", "mix.weight", "mix.bias"]
+    assert not torch.equal(fast["emb.weight"], slow["emb.weight"])
+    checkpoint = torch.load(tmp_path / "run" / CKPT, weights_only=True)
+    state_dict = checkpoint["state_dict"]
+    assert torch.equal(state_dict["out.weight"], state_dict["emb.weight"])
+    assert_equal({n: state_dict[n] for n in slow}, slow)
+    assert_equal(checkpoint[FAST_WEIGHTS_KEY], fast)
+
+    loaded = TiedLM.load_from_checkpoint(tmp_path / "run" / CKPT)
+    assert loaded.out.weight is loaded.emb.weight
+    assert_equal({n: p.detach() for n, p in loaded.named_parameters()}, slow)
+
+
+def test_trainer_test_from_the_checkpoint_evaluates_the_slow_weights(tmp_path: Path) -> None:
+    _, slow = _fit(tmp_path, "run", 1)
+    tested = make_trainer(tmp_path, []).test(TiedLM(seed=7), ckpt_path=tmp_path / "run" / CKPT)
+
+    expected = TiedLM(seed=7)
+    expected.load_state_dict({**slow, "out.weight": slow["emb.weight"]})
+    with torch.no_grad():
+        loss = expected.loss(next(iter(expected.test_dataloader())))
+    assert tested[0]["test_loss"] == pytest.approx(loss.item(), abs=1e-6)
+
+
+def test_resume_with_a_tied_weight_is_bit_exact(tmp_path: Path) -> None:
+    fast, slow = _fit(tmp_path, "full", 3)
+    _fit(tmp_path, "first", 1)
+    resumed_fast, resumed_slow = _fit(tmp_path, "resumed", 3, ckpt_path=tmp_path / "first" / CKPT)
+    assert_equal(resumed_fast, fast)
+    assert_equal(resumed_slow, slow)
