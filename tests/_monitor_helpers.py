@@ -26,6 +26,8 @@ from lightning_ranger import RAdam
 from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
 
 N_SAMPLES = 96
+#: Probe size of the 2-process runs: 40 of the 83 coordinates, spread over both ranks' shards.
+PROBE = 40
 #: Two param groups (first and second linear layer) with different beta2 and thresholds.
 TWO_GROUPS = [
     {"betas": (0.9, 0.999)},
@@ -231,7 +233,7 @@ def _distributed_main(out: Path) -> None:
         fit = trainer(
             out / name,
             max_steps=12,
-            callbacks=[RectificationMonitor(logging_interval=1)],
+            callbacks=[RectificationMonitor(logging_interval=1, probe_size=PROBE)],
             devices=2,
             strategy=strategy,
             use_distributed_sampler=False,

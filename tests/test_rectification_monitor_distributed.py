@@ -16,13 +16,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _launch import run_two_processes
-from _monitor_helpers import TWO_GROUPS, Reference, Regressor, events, scalars, trainer
+from _monitor_helpers import PROBE, TWO_GROUPS, Reference, Regressor, events, scalars, trainer
 
 from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
 
 HELPERS = Path(__file__).with_name("_monitor_helpers.py")
 STEPS = list(range(1, 13))
-EXACT = ["rho_t", "r_t", "rho_t_threshold", "r_t_linear_warmup"]
+EXACT = ["rho_t", "r_t", "rho_t_threshold", "r_t_linear_warmup", "nonfinite_fraction"]
+#: Sums over shards and the probe's gradients (reduced in another order): equal up to rounding.
+SHARDED = [
+    ("adaptive_lr_mean", 1e-4),
+    ("adaptive_lr_var", 1e-3),
+    ("eps_dominated_fraction", 1e-6),
+    ("adaptive_lr_p05", 1e-4),
+    ("adaptive_lr_p50", 1e-4),
+    ("adaptive_lr_p95", 1e-4),
+    ("adaptive_lr_var_ratio", 1e-3),
+    ("adaptive_lr_rel_var", 1e-3),
+    ("rectified_var_ratio", 1e-3),
+    ("adaptive_lr_var_ratio_gaussian", 1e-6),
+]
 
 
 @pytest.mark.distributed
@@ -44,7 +57,8 @@ def test_ddp_fsdp2_and_fsdp1_give_single_process_values(tmp_path):
 
     # One process, the same 8 samples per step that the two ranks of 4 read together.
     reference = Reference()
-    single = trainer(tmp_path / "single", 12, [RectificationMonitor(logging_interval=1), reference])
+    monitor = RectificationMonitor(logging_interval=1, probe_size=PROBE)
+    single = trainer(tmp_path / "single", 12, [monitor, reference])
     single.fit(Regressor(groups=TWO_GROUPS, batch_size=8))
     expected = events(tmp_path / "single")
 
@@ -59,9 +73,11 @@ def test_ddp_fsdp2_and_fsdp1_give_single_process_values(tmp_path):
             for metric in EXACT:
                 tag = f"rectification/{metric}/pg{i}"
                 assert scalars(got, tag) == pytest.approx(scalars(expected, tag), rel=1e-6)
-            for metric, rel in (("adaptive_lr_mean", 1e-4), ("adaptive_lr_var", 1e-3)):
+            for metric, rel in SHARDED:
                 tag = f"rectification/{metric}/pg{i}"
                 assert scalars(got, tag) == pytest.approx(scalars(expected, tag), rel=rel), name
+            # The probe's draw series exist from step 2 on in every run.
+            assert len(scalars(got, f"rectification/adaptive_lr_var_ratio/pg{i}")) == 11
             tag = f"rectification/adaptive_lr/pg{i}"
             histograms = got.Histograms(tag)
             assert [h.step for h in histograms] == STEPS
