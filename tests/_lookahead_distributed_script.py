@@ -17,12 +17,13 @@ VARIANT...``
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from _cpu_fsdp import CPUFSDPStrategy
-from _lookahead_helpers import Net, make_trainer
+from _lookahead_helpers import NaNGradientNet, Net, make_trainer
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -45,6 +46,13 @@ class ShardedNet(Net):
         for layer in (self.net.layers["inp"], self.net.layers["out"]):
             fully_shard(layer, mesh=mesh)
         fully_shard(self, mesh=mesh)
+
+
+class ShardedNaNGradientNet(NaNGradientNet):
+    """FSDP2 as :class:`ShardedNet`, with the NaN gradient of :class:`NaNGradientNet` (in the
+    local shard of the ranks that get it)."""
+
+    configure_model = ShardedNet.configure_model
 
 
 def full_weights(model: Net, trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -96,13 +104,23 @@ VARIANTS = {
     "ddp_16_true": ("ddp", False, "16-true", "radam"),
     "fsdp2_16_true": ("fsdp2", True, "16-true", "radam"),
     "fsdp1_16_true": ("fsdp1", False, "16-true", "sgd"),
+    # A NaN in rank 1's gradient (its shard, under FSDP2) of `out.bias` at step 6, right before
+    # the sync: only rank 1 sees a non-finite fast weight there. Fitted uninterrupted only.
+    "ddp_nan": ("ddp", False, "32-true", "radam"),
+    "fsdp2_nan": ("fsdp2", True, "32-true", "radam"),
 }
+NAN_AT_STEP, NAN_RANK = 6, 1
 
 
 def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = None) -> None:
     kind, distributed_checkpoint, precision, optimizer = VARIANTS[variant]
     kind, _, sharding = kind.partition(":")  # FSDP1's sharding strategy, if not FULL_SHARD
-    model = (ShardedNet if kind == "fsdp2" else Net)(optimizer, seed=7 if ckpt_path else 0)
+    seed = 7 if ckpt_path else 0
+    if variant.endswith("_nan"):
+        nan_class = ShardedNaNGradientNet if kind == "fsdp2" else NaNGradientNet
+        model: Net = nan_class(NAN_AT_STEP, (NAN_RANK,), optimizer=optimizer, seed=seed)
+    else:
+        model = (ShardedNet if kind == "fsdp2" else Net)(optimizer, seed=seed)
     strategy: Any = "ddp"
     if kind == "fsdp2":
         strategy = ModelParallelStrategy(
@@ -127,18 +145,29 @@ def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = Non
         limit_val_batches=None,
         enable_checkpointing=True,
     )
-    trainer.fit(model, ckpt_path=ckpt_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, ckpt_path=ckpt_path)
     fast = full_weights(model, trainer)
     lookahead.show_slow_weights()
     slow = full_weights(model, trainer)
     lookahead.show_fast_weights()
-    record = {"fast": fast, "slow": slow, "step": trainer.global_step, **start.record}
+    record = {
+        "fast": fast,
+        "slow": slow,
+        "step": trainer.global_step,
+        "restores": lookahead.restores,
+        "warnings": [str(w.message) for w in caught if "NaN" in str(w.message)],
+        **start.record,
+    }
     torch.save(record, out / f"{variant}_{run}_rank{trainer.global_rank}.pt")
 
 
 def main(out: Path, variants: list[str]) -> None:
     for variant in variants:
         fit(out, variant, "uninterrupted", max_epochs=3)
+        if variant.endswith("_nan"):
+            continue
         fit(out, variant, "first", max_epochs=1)
         # 5 steps per epoch: the epoch-0 checkpoint is 2 steps into a 3-step cycle.
         fit(out, variant, "resumed", max_epochs=3, ckpt_path=out / variant / "first" / CKPT)

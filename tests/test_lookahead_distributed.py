@@ -21,6 +21,7 @@ from _lookahead_helpers import (
     assert_equal,
     batches_of,
     make_data,
+    poison,
     reference_lookahead,
 )
 
@@ -36,6 +37,8 @@ VARIANTS = (
     *("fsdp2", "fsdp2_full", "fsdp2_bf16", "fsdp2_full_bf16", "fsdp2_bf16_mixed", "fsdp2_16_true"),
     *("fsdp1", "fsdp1_sgd", "fsdp1_bf16", "fsdp1_bf16_true", "fsdp1_16_true", "fsdp1_no_shard"),
 )
+# Fitted uninterrupted only, with a NaN gradient on rank 1 before step 6.
+NAN_VARIANTS = ("ddp_nan", "fsdp2_nan")
 # FSDP1 with RAdam: Lightning's full checkpoint does not hold the run's moments (see the script), so
 # only the restored weights are compared; "fsdp1_sgd" resumes the whole run under FSDP1.
 EXACT_RESUME = tuple(v for v in VARIANTS if v != "fsdp1")
@@ -44,12 +47,46 @@ EXACT_RESUME = tuple(v for v in VARIANTS if v != "fsdp1")
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lookahead_distributed")
-    run_two_processes(TESTS / "_lookahead_distributed_script.py", str(out), *VARIANTS, timeout=900)
+    script = TESTS / "_lookahead_distributed_script.py"
+    run_two_processes(script, str(out), *VARIANTS, *NAN_VARIANTS, timeout=900)
     return out
 
 
 def _record(out: Path, variant: str, run: str, rank: int) -> dict:
     return torch.load(out / f"{variant}_{run}_rank{rank}.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("variant", NAN_VARIANTS)
+def test_a_nan_on_one_ranks_shard_restores_every_rank_as_a_hand_loop_does(
+    out: Path, variant: str
+) -> None:
+    net = TinyNet()
+
+    def before_step(steps: int) -> None:  # the NaN of rank 1's half batch spoils the full one
+        if steps + 1 == 6:
+            bias = net.layers["out"].bias
+            assert bias.grad is not None
+            poison(bias.grad)
+
+    ref_fast, ref_slow = reference_lookahead(
+        net,
+        [RAdam(net.parameters(), lr=0.05)],
+        batches_of(make_data(20), 4),
+        epochs=3,
+        k=3,
+        alpha=0.5,
+        before_step=before_step,
+    )
+    records = [_record(out, variant, "uninterrupted", rank) for rank in (0, 1)]
+    for record in records:
+        assert record["restores"] == 1
+        assert_close(record["fast"], {f"net.{n}": t for n, t in ref_fast.items()}, atol=1e-6)
+        assert_close(record["slow"], {f"net.{n}": t for n, t in ref_slow.items()}, atol=1e-6)
+    # Rank 0's weights were finite: it restores because the flag is reduced over the ranks, and
+    # its warning names rank 1's parameter.
+    assert len(records[0]["warnings"]) == 1
+    assert "in parameter 'net.layers.out.bias' at step 6" in records[0]["warnings"][0]
+    assert records[1]["warnings"] == []  # rank zero warns alone
 
 
 @pytest.fixture(scope="module")
