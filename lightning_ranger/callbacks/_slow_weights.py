@@ -190,9 +190,10 @@ class SlowWeights:
         """The index in :attr:`names` of the first tracked parameter whose local fast weights hold
         a NaN or an infinity, ``len(names)`` if none does: an int64 scalar on ``device``.
 
-        One read of the fast weights, without a copy: a multi-tensor L1 norm per (device, dtype),
-        accumulated in float32, is non-finite exactly when a value is (or when the sum exceeds
-        float32's range, about 3.4e38).
+        One read of the fast weights, without a copy: a float32 sum per parameter (on the CPU,
+        where it runs near the memory bandwidth) or a multi-tensor L1 norm per device and dtype
+        (elsewhere), which is non-finite exactly when a value is (or when the sum exceeds float32's
+        range, about 3.4e38).
         """
         fast = _locals(self._params)
         first = torch.full((), len(fast), dtype=torch.int64, device=device)
@@ -200,9 +201,12 @@ class SlowWeights:
             indices = [i for i in indices if fast[i].numel()]
             if not indices:
                 continue
-            norms = torch._foreach_norm([fast[i] for i in indices], 1, dtype=torch.float32)
+            if group_device.type == "cpu":
+                sums = [fast[i].sum(dtype=torch.float32) for i in indices]
+            else:
+                sums = list(torch._foreach_norm([fast[i] for i in indices], 1, dtype=torch.float32))
             index = torch.tensor(indices, device=group_device)
-            index = index.masked_fill(torch.stack(norms).isfinite(), len(fast))
+            index = index.masked_fill(torch.stack(sums).isfinite(), len(fast))
             first = torch.minimum(first, index.min().to(device))
         return first
 
