@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -48,11 +50,33 @@ def test_bad_options_of_a_param_group_are_refused():
         optimizer.add_param_group({"params": _params(), "lr": -1.0})
 
 
-def test_fused_true_on_an_unsupported_device_is_refused():
+class _OtherTensor(torch.Tensor):
+    """A tensor subclass, which torch's fused kernels do not take."""
+
+
+def test_fused_true_on_an_unsupported_tensor_type_is_refused():
+    param = torch.zeros(2).as_subclass(_OtherTensor).requires_grad_()
     with pytest.raises(
-        ValueError, match=r"`fused=True` is not supported for a Parameter on device 'meta'"
+        ValueError, match=r"`fused=True` is not supported for a _OtherTensor on device 'cpu'"
     ):
-        RAdam([torch.nn.Parameter(torch.zeros(2, device="meta"))], fused=True)
+        RAdam([param], fused=True)
+
+
+def test_a_rejected_param_group_leaves_the_optimizer_unchanged():
+    kept = _params()
+    optimizer = RAdam(kept, lr=1e-2)
+    optimizer.add_param_group({"params": _params(), "lr": 1e-3})
+    before = copy.deepcopy(optimizer.state_dict())
+    rejected = {"params": _params(), "lr": -1.0}
+    with pytest.raises(ValueError, match=r"`lr` must be >= 0, got -1.0"):
+        optimizer.add_param_group(rejected)
+    with pytest.raises(TypeError, match=r"`maximize` must be a bool, got 'yes'"):
+        optimizer.add_param_group({"params": _params(), "maximize": "yes"})
+    assert len(optimizer.param_groups) == 2
+    assert optimizer.state_dict() == before
+    # The parameters of the rejected group are free to join a valid group afterwards.
+    optimizer.add_param_group({"params": rejected["params"], "lr": 1e-4})
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 1e-3, 1e-4]
 
 
 def test_boundary_values_are_accepted():

@@ -15,6 +15,7 @@ one of three implementations, as ``torch.optim`` does:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Iterable, Sequence
@@ -26,7 +27,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
 
 from lightning_ranger._utils import group_indices, is_real
-from lightning_ranger.optim.rectification import MIN_RECTIFY_THRESHOLD, rectification
+from lightning_ranger.optim.rectification import MIN_RECTIFY_THRESHOLD, rectification_tensor
 
 __all__ = ["RAdam", "radam", "validate_options"]
 
@@ -109,6 +110,8 @@ def _validate_group(group: dict[str, Any]) -> None:
         for p in group["params"]:
             if not (p.is_floating_point() or p.is_complex()):
                 raise ValueError(f"`fused=True` needs floating point parameters, got {p.dtype}")
+            if p.is_meta:  # deferred initialisation: checked again when the optimizer steps
+                continue
             if not _default_to_fused_or_foreach([_real(p)], False, use_fused=True)[0]:
                 raise ValueError(
                     f"`fused=True` is not supported for a {type(p).__name__} on device "
@@ -211,9 +214,19 @@ class RAdam(Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group, filled with the defaults and validated like the constructor's."""
+        """Add a param group, filled with the defaults and validated like the constructor's.
+
+        Raises:
+            TypeError: if an option of the group has the wrong type; the optimizer is unchanged.
+            ValueError: if an option is outside its range; the optimizer is unchanged.
+
+        """
         super().add_param_group(param_group)
-        _validate_group(self.param_groups[-1])
+        try:
+            _validate_group(self.param_groups[-1])
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -244,12 +257,21 @@ class RAdam(Optimizer):
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError("RAdam does not support sparse gradients")
+            if p.is_meta:
+                raise RuntimeError(
+                    "RAdam cannot step parameters on the meta device, which hold no values; "
+                    "materialize them first (e.g. `module.to_empty(device=...)`, then initialize)"
+                )
             state = self.state[p]
+            # torch.compile keeps step counts on the parameter's device (torch._dynamo moves
+            # them there); eager steps keep them on the host, like torch's non-fused optimizers.
+            compiling = torch.compiler.is_compiling()
             if len(state) == 0:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                step_device = p.device if compiling else torch.device("cpu")
+                state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            elif state["step"].device.type != "cpu":
+            elif state["step"].device.type != "cpu" and not compiling:
                 # Loaded from a fused/capturable optimizer: the step count lives on the host here.
                 state["step"] = _host_step(state["step"])
             params.append(p)
@@ -262,10 +284,25 @@ class RAdam(Optimizer):
     def step(self, closure: Any = None) -> Any:
         """Perform one optimization step.
 
+        Under ``torch.compile`` a step with a fused param group runs eagerly (torch's fused kernels
+        cannot be traced, as for ``torch.optim.Adam(fused=True)``); other steps trace into one
+        graph whose step-dependent scalars are tensors, so it is not recompiled as steps go by.
+
         Args:
             closure: a callable that re-evaluates the model and returns the loss (optional).
 
+        Raises:
+            RuntimeError: for sparse gradients, or parameters still on the meta device.
+
         """
+        if torch.compiler.is_compiling() and any(
+            _implementation(group["params"], group["foreach"], group["fused"])[0]
+            for group in self.param_groups
+        ):
+            return self._eager_step(closure)
+        return self._step(closure)
+
+    def _step(self, closure: Any) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -300,6 +337,22 @@ class RAdam(Optimizer):
             )
         return loss
 
+    _eager_step = torch.compiler.disable(_step)
+
+
+def _implementation(
+    params: list[Tensor], foreach: bool | None, fused: bool | None
+) -> tuple[bool, bool]:
+    """``(fused, foreach)`` as chosen for ``params``: the given flags, ``None`` choosing as torch
+    does (fused wherever torch's fused kernels take every tensor)."""
+    if fused is None and foreach is None:
+        return _default_to_fused_or_foreach(params, False, use_fused=True)
+    if fused is None:
+        return False, bool(foreach)
+    if foreach is None:
+        return fused, False if fused else _default_to_fused_or_foreach(params, False)[1]
+    return fused, foreach
+
 
 def _host_step(step: float | Tensor) -> Tensor:
     """The step count as torch's non-fused optimizers keep it: a float32 scalar on the CPU."""
@@ -307,28 +360,86 @@ def _host_step(step: float | Tensor) -> Tensor:
     return torch.tensor(value, dtype=torch.float32)
 
 
+#: Dtypes whose update every implementation computes in float32 and rounds once per tensor, as
+#: torch's fused kernels do (``eps=1e-8`` alone underflows to 0 in float16).
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 @dataclass(frozen=True)
 class _Update:
-    """How one parameter moves at this step: ``p -= scale * m / (sqrt(v) + eps)`` when
-    ``adaptive``, else ``p -= scale * m`` (``scale == 0``: no move)."""
+    """How one parameter moves at this step: ``p -= adaptive_scale * m / (sqrt(v) + eps)`` where
+    ``rectified``, else ``p -= momentum_scale * m`` (``momentum_scale == 0``: no move).
 
-    adaptive: bool
-    scale: float
+    Python numbers in eager mode; 0-dim tensors computed from the step counts while compiling, so
+    that a compiled step takes them from its graph instead of baking them in.
+    """
+
+    rectified: bool | Tensor
+    adaptive_scale: float | Tensor
+    momentum_scale: float | Tensor
 
 
-def _update_for_step(
-    step: float,
-    lr: float,
+@dataclass(frozen=True)
+class _Schedule:
+    """A param group's options that set the step size at each step."""
+
+    lr: float | Tensor
+    beta1: float
+    beta2: float
+    rectify_threshold: float
+    degenerate_to_sgd: bool
+
+
+def _step_scales(
+    step: Tensor,
+    lr: float | Tensor,
     beta1: float,
     beta2: float,
     rectify_threshold: float,
     degenerate_to_sgd: bool,
-) -> _Update:
-    bias_correction1 = 1.0 - beta1**step
-    rho_t, r_t = rectification(step, beta2)
-    if rho_t > rectify_threshold:
-        return _Update(True, lr * r_t * math.sqrt(1.0 - beta2**step) / bias_correction1)
-    return _Update(False, lr / bias_correction1 if degenerate_to_sgd else 0.0)
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(rectified, adaptive_scale, momentum_scale)`` for a float64 tensor of step counts."""
+    lr_over_bias_correction1 = lr / (1.0 - torch.pow(beta1, step))
+    rho_t, r_t = rectification_tensor(step, beta2)
+    rectified = rho_t > rectify_threshold
+    zero = torch.zeros_like(step)
+    sqrt_bias_correction2 = (1.0 - torch.pow(beta2, step)).sqrt()
+    adaptive = torch.where(rectified, lr_over_bias_correction1 * r_t * sqrt_bias_correction2, zero)
+    momentum = torch.where(rectified, zero, lr_over_bias_correction1) if degenerate_to_sgd else zero
+    return rectified, adaptive, momentum
+
+
+def _updates(state_steps: list[Tensor], schedule: _Schedule) -> list[_Update]:
+    """Count one more step for every parameter and return how each one moves."""
+    scales = functools.partial(
+        _step_scales,
+        beta1=schedule.beta1,
+        beta2=schedule.beta2,
+        rectify_threshold=schedule.rectify_threshold,
+        degenerate_to_sgd=schedule.degenerate_to_sgd,
+    )
+    lr = schedule.lr
+    if torch.compiler.is_compiling():
+        # Step counts stay tensors (graph inputs): one graph serves every step.
+        torch._foreach_add_(state_steps, 1)
+        by_index: dict[int, _Update] = {}
+        for indices in group_indices(state_steps).values():
+            stacked = torch.stack([state_steps[i] for i in indices]).to(torch.float64)
+            rectified, adaptive, momentum = scales(stacked, lr)
+            for k, i in enumerate(indices):
+                by_index[i] = _Update(rectified[k], adaptive[k], momentum[k])
+        return [by_index[i] for i in range(len(state_steps))]
+    torch._foreach_add_(state_steps, 1.0)
+    steps = [s.item() for s in state_steps]
+    # Parameters almost always share one step count: compute each distinct update once.
+    distinct = sorted(set(steps))
+    lr_value = lr.item() if isinstance(lr, Tensor) else float(lr)
+    fields = scales(torch.tensor(distinct, dtype=torch.float64), lr_value)
+    update_of = {
+        step: _Update(*values)
+        for step, *values in zip(distinct, *(f.tolist() for f in fields), strict=True)
+    }
+    return [update_of[step] for step in steps]
 
 
 def radam(
@@ -352,35 +463,38 @@ def radam(
 ) -> None:
     """Functional RAdam step over lists of tensors; see :class:`RAdam` for the math.
 
-    ``state_steps`` are float32 scalar tensors on the CPU; they are incremented here. Complex
-    tensors are optimized as pairs of real numbers.
+    ``state_steps`` are float32 scalar tensors (on the CPU in eager mode); they are incremented
+    here. Complex tensors are optimized as pairs of real numbers; float16 and bfloat16 tensors are
+    updated in float32 and rounded once. Under ``torch.compile`` the foreach and per-tensor
+    implementations trace one element-wise step whose step-dependent scalars are tensors of the
+    graph; the fused one runs outside the graph, as ``torch.optim.Adam(fused=True)`` does.
     """
-    if fused is None and foreach is None:
-        fused, foreach = _default_to_fused_or_foreach(params, False, use_fused=True)
-    elif fused is None:
-        fused = False
-    elif foreach is None:
-        foreach = False if fused else _default_to_fused_or_foreach(params, False)[1]
-
-    lr = lr.item() if isinstance(lr, Tensor) else float(lr)
-    torch._foreach_add_(state_steps, 1.0)
-    steps = [s.item() for s in state_steps]
-    # Parameters almost always share one step count: compute each distinct update once.
-    update_of = {
-        step: _update_for_step(step, lr, beta1, beta2, rectify_threshold, degenerate_to_sgd)
-        for step in set(steps)
-    }
-    updates = [update_of[step] for step in steps]
+    fused, foreach = _implementation(params, foreach, fused)
     if any(p.is_complex() for p in params):
         params, grads, exp_avgs, exp_avg_sqs = (
             [_real(t) for t in ts] for ts in (params, grads, exp_avgs, exp_avg_sqs)
         )
+    schedule = _Schedule(lr, beta1, beta2, rectify_threshold, degenerate_to_sgd)
     if fused:
-        impl = _fused_radam
-    elif foreach:
-        impl = _multi_tensor_radam
+        _fused_radam(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            state_steps,
+            schedule,
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+        )
+        return
+    updates = _updates(state_steps, schedule)
+    if torch.compiler.is_compiling():
+        impl = _traced_radam
     else:
-        impl = _single_tensor_radam
+        lr = lr.item() if isinstance(lr, Tensor) else lr
+        impl = _multi_tensor_radam if foreach else _single_tensor_radam
     impl(
         params,
         grads,
@@ -396,6 +510,39 @@ def radam(
     )
 
 
+def _is_set(value: float | Tensor) -> bool:
+    """Whether a scale may be non-zero: a tensor (compiled; unknown until run) or a float != 0."""
+    return isinstance(value, Tensor) or value != 0.0
+
+
+def _opmath(tensors: list[Tensor]) -> list[Tensor]:
+    """float32 copies of float16/bfloat16 tensors; other tensors as they are."""
+    return [t.float() if t.dtype in _LOW_PRECISION else t for t in tensors]
+
+
+def _moments_and_decay(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    *,
+    beta1: float,
+    beta2: float,
+    l2_weight_decay: float,
+    decoupled_decay: float | Tensor,
+    maximize: bool,
+) -> None:
+    """The part of the step that does not depend on rectification, for one tensor, in place."""
+    if maximize:
+        grad = -grad
+    if _is_set(decoupled_decay):
+        param.mul_(1.0 - decoupled_decay)
+    if l2_weight_decay != 0.0:
+        grad = grad.add(param, alpha=l2_weight_decay)
+    exp_avg.lerp_(grad, 1.0 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+
+
 def _single_tensor_radam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -407,24 +554,47 @@ def _single_tensor_radam(
     beta2: float,
     eps: float,
     l2_weight_decay: float,
-    decoupled_decay: float,
+    decoupled_decay: float | Tensor,
     maximize: bool,
 ) -> None:
-    for param, grad, exp_avg, exp_avg_sq, update in zip(
-        params, grads, exp_avgs, exp_avg_sqs, updates, strict=True
+    for originals, update in zip(
+        zip(params, grads, exp_avgs, exp_avg_sqs, strict=True), updates, strict=True
     ):
-        if maximize:
-            grad = -grad
-        if decoupled_decay != 0.0:
-            param.mul_(1.0 - decoupled_decay)
-        if l2_weight_decay != 0.0:
-            grad = grad.add(param, alpha=l2_weight_decay)
-        exp_avg.lerp_(grad, 1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        if update.adaptive:
-            param.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(eps), value=-update.scale)
-        elif update.scale != 0.0:
-            param.add_(exp_avg, alpha=-update.scale)
+        param, grad, exp_avg, exp_avg_sq = _opmath(list(originals))
+        _moments_and_decay(
+            param,
+            grad,
+            exp_avg,
+            exp_avg_sq,
+            beta1=beta1,
+            beta2=beta2,
+            l2_weight_decay=l2_weight_decay,
+            decoupled_decay=decoupled_decay,
+            maximize=maximize,
+        )
+        if isinstance(update.rectified, Tensor):  # compiling: both branches, selected in-graph
+            denom = exp_avg_sq.sqrt().add_(eps)
+            rate = torch.where(
+                update.rectified, update.adaptive_scale / denom, update.momentum_scale
+            )
+            param.sub_(exp_avg * rate)
+        elif update.rectified:
+            param.addcdiv_(
+                exp_avg, exp_avg_sq.sqrt().add_(eps), value=-float(update.adaptive_scale)
+            )
+        elif _is_set(update.momentum_scale):
+            param.add_(exp_avg, alpha=-float(update.momentum_scale))
+        if param is not originals[0]:  # float16/bfloat16: round the float32 results once
+            param_in, _, exp_avg_in, exp_avg_sq_in = originals
+            for original, computed in zip(
+                (param_in, exp_avg_in, exp_avg_sq_in), (param, exp_avg, exp_avg_sq), strict=True
+            ):
+                original.copy_(computed)
+
+
+#: Under ``torch.compile`` the foreach and per-tensor implementations trace the same per-tensor
+#: step; inductor fuses it.
+_traced_radam = _single_tensor_radam
 
 
 def _multi_tensor_radam(
@@ -438,20 +608,20 @@ def _multi_tensor_radam(
     beta2: float,
     eps: float,
     l2_weight_decay: float,
-    decoupled_decay: float,
+    decoupled_decay: float | Tensor,
     maximize: bool,
 ) -> None:
-    for indices in group_indices(params).values():
-        p = [params[i] for i in indices]
-        g: list[Tensor] | tuple[Tensor, ...] = [grads[i] for i in indices]
-        m = [exp_avgs[i] for i in indices]
-        v = [exp_avg_sqs[i] for i in indices]
+    for (_, dtype, _), indices in group_indices(params).items():
+        originals = [[ts[i] for i in indices] for ts in (params, exp_avgs, exp_avg_sqs)]
+        p, m, v = (_opmath(ts) for ts in originals)
+        g: list[Tensor] | tuple[Tensor, ...] = _opmath([grads[i] for i in indices])
+        low_precision = dtype in _LOW_PRECISION  # g is then a fresh float32 copy
         if maximize:
             g = torch._foreach_neg(g)
-        if decoupled_decay != 0.0:
+        if _is_set(decoupled_decay):
             torch._foreach_mul_(p, 1.0 - decoupled_decay)
         if l2_weight_decay != 0.0:
-            if maximize:  # g is already a fresh list of temporaries
+            if maximize or low_precision:  # g is already a fresh list of temporaries
                 torch._foreach_add_(g, p, alpha=l2_weight_decay)
             else:
                 g = torch._foreach_add(g, p, alpha=l2_weight_decay)
@@ -460,7 +630,8 @@ def _multi_tensor_radam(
         torch._foreach_addcmul_(v, g, g, 1.0 - beta2)
         del g
 
-        adaptive = [j for j, i in enumerate(indices) if updates[i].adaptive]
+        ups = [updates[i] for i in indices]
+        adaptive = [j for j, u in enumerate(ups) if u.rectified]
         if adaptive:
             denom = torch._foreach_sqrt([v[j] for j in adaptive])
             torch._foreach_add_(denom, eps)
@@ -468,46 +639,54 @@ def _multi_tensor_radam(
                 [p[j] for j in adaptive],
                 [m[j] for j in adaptive],
                 denom,
-                [-updates[indices[j]].scale for j in adaptive],
+                [-float(ups[j].adaptive_scale) for j in adaptive],
             )
-        momentum = [
-            j for j, i in enumerate(indices) if not updates[i].adaptive and updates[i].scale != 0.0
-        ]
+        momentum = [j for j, u in enumerate(ups) if not u.rectified and _is_set(u.momentum_scale)]
         if momentum:
             steps = torch._foreach_mul(
-                [m[j] for j in momentum], [-updates[indices[j]].scale for j in momentum]
+                [m[j] for j in momentum], [-float(ups[j].momentum_scale) for j in momentum]
             )
             torch._foreach_add_([p[j] for j in momentum], steps)
+        if low_precision:
+            for original, computed in zip(originals, (p, m, v), strict=True):
+                torch._foreach_copy_(original, computed)
 
 
+@torch.compiler.disable
 def _fused_radam(
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
-    updates: list[_Update],
+    state_steps: list[Tensor],
+    schedule: _Schedule,
     *,
-    beta1: float,
-    beta2: float,
     eps: float,
-    l2_weight_decay: float,
-    decoupled_decay: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
     maximize: bool,
 ) -> None:
+    """The fused step: torch's fused Adam kernel for the rectified parameters, foreach for the
+    rest. Its kernels cannot be traced, so ``torch.compile`` runs it eagerly (a graph break), as
+    it does ``torch.optim.Adam(fused=True)``'s."""
+    updates = _updates(state_steps, schedule)
+    lr = schedule.lr.item() if isinstance(schedule.lr, Tensor) else schedule.lr
+    l2_weight_decay = 0.0 if decoupled_weight_decay else weight_decay
+    decoupled_decay = lr * weight_decay if decoupled_weight_decay else 0.0
     rest: list[int] = []
     for (device, _, update), indices in group_indices(params, key=updates).items():
-        if not update.adaptive:
+        if not update.rectified:
             rest.extend(indices)
             continue
         # An infinite step count makes the kernel's bias corrections 1 - beta^inf == 1 exactly;
         # RAdam's bias corrections and r_t are folded into the learning rate instead.
         no_bias_correction = torch.full((), math.inf, dtype=torch.float32, device=device)
-        lr = update.scale
+        kernel_lr = float(update.adaptive_scale)
         if decoupled_decay != 0.0:
             # The kernel multiplies by 1 - lr' * wd'; with wd' = lr * wd / lr' that is 1 - lr * wd.
-            kernel, weight_decay = torch._fused_adamw_, decoupled_decay / lr
+            kernel, kernel_weight_decay = torch._fused_adamw_, decoupled_decay / kernel_lr
         else:
-            kernel, weight_decay = torch._fused_adam_, l2_weight_decay
+            kernel, kernel_weight_decay = torch._fused_adam_, l2_weight_decay
         kernel(
             [params[i] for i in indices],
             [grads[i] for i in indices],
@@ -515,10 +694,10 @@ def _fused_radam(
             [exp_avg_sqs[i] for i in indices],
             [],
             [no_bias_correction] * len(indices),
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=weight_decay,
+            lr=kernel_lr,
+            beta1=schedule.beta1,
+            beta2=schedule.beta2,
+            weight_decay=kernel_weight_decay,
             eps=eps,
             amsgrad=False,
             maximize=maximize,
@@ -530,8 +709,8 @@ def _fused_radam(
             [exp_avgs[i] for i in rest],
             [exp_avg_sqs[i] for i in rest],
             [updates[i] for i in rest],
-            beta1=beta1,
-            beta2=beta2,
+            beta1=schedule.beta1,
+            beta2=schedule.beta2,
             eps=eps,
             l2_weight_decay=l2_weight_decay,
             decoupled_decay=decoupled_decay,

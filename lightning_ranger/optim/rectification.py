@@ -1,14 +1,19 @@
 """The variance rectification of RAdam (Liu et al., 2020, eq. 5-6 and Algorithm 2).
 
 This module is the only place where rho_inf, rho_t and r_t are written down; the optimizer and the
-monitoring callback both call it.
+monitoring callback both call it. :func:`rectification_tensor` is the formula, on tensors of step
+counts (so that a compiled optimizer step keeps them in its graph); :func:`rectification` is the
+same for one Python number.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["rectification", "rho_inf"]
+import torch
+from torch import Tensor
+
+__all__ = ["rectification", "rectification_tensor", "rho_inf"]
 
 #: Below this length of the approximated SMA, r_t is undefined (its radicand changes sign).
 MIN_RECTIFY_THRESHOLD = 4.0
@@ -78,12 +83,46 @@ def rectification(step: float, beta2: float) -> tuple[float, float]:
         raise TypeError(f"`step` must be a number >= 1, got {step!r}")
     if not step >= 1:
         raise ValueError(f"`step` must be >= 1 (steps count from 1), got {step}")
+    rho_t, r_t = rectification_tensor(torch.tensor(float(step), dtype=torch.float64), beta2)
+    return rho_t.item(), r_t.item()
+
+
+def rectification_tensor(step: Tensor, beta2: float) -> tuple[Tensor, Tensor]:
+    """:func:`rectification` on a tensor of step counts, element-wise, without leaving the tensor.
+
+    No value is read back to Python, so the result may depend on step counts that live in a
+    compiled graph. ``step`` is expected in float64 for full precision (float32 works, with float32
+    rounding); the results have its dtype and device.
+
+    Args:
+        step: the 1-based optimizer steps ``t``, a floating-point tensor of any shape, ``>= 1``.
+        beta2: the decay rate of the second moment, in ``[0, 1)``.
+
+    Returns:
+        ``(rho_t, r_t)``, tensors like ``step``; ``r_t`` is ``0`` where ``rho_t <= 4``.
+
+    Raises:
+        TypeError: if ``beta2`` is not a real number.
+        ValueError: if ``beta2`` is outside ``[0, 1)``.
+
+    Example::
+
+        >>> import torch
+        >>> rho_t, r_t = rectification_tensor(torch.tensor([4.0, 6.0], dtype=torch.float64), 0.999)
+        >>> [round(x, 3) for x in rho_t.tolist()], [round(x, 4) for x in r_t.tolist()]
+        ([3.997, 5.994], [0.0, 0.0258])
+
+    """
     r_inf = rho_inf(beta2)
-    beta2_t = float(beta2) ** step
     # 1 - beta2^t through expm1: the subtraction below cancels ~rho_inf, so keep this term exact.
-    one_minus_beta2_t = -math.expm1(step * math.log(beta2)) if beta2 > 0.0 else 1.0
+    if beta2 > 0.0:
+        beta2_t = torch.pow(beta2, step)
+        one_minus_beta2_t = -torch.expm1(step * math.log(beta2))
+    else:
+        beta2_t, one_minus_beta2_t = torch.zeros_like(step), torch.ones_like(step)
     rho_t = r_inf - 2.0 * step * beta2_t / one_minus_beta2_t
-    if rho_t <= MIN_RECTIFY_THRESHOLD:
-        return rho_t, 0.0
-    r_t = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * r_inf / ((r_inf - 4.0) * (r_inf - 2.0) * rho_t))
+    # Where rho_t <= 4 the radicand may be negative (or its denominator zero): r_t is 0 there.
+    radicand = (rho_t - 4.0) * (rho_t - 2.0) * r_inf / ((r_inf - 4.0) * (r_inf - 2.0) * rho_t)
+    defined = rho_t > MIN_RECTIFY_THRESHOLD
+    r_t = torch.where(defined, radicand.clamp(min=0.0).sqrt(), torch.zeros_like(rho_t))
     return rho_t, r_t
