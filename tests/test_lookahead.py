@@ -561,3 +561,22 @@ def test_save_weights_only_warns_under_pytorch_lightning_too() -> None:
     trainer = Mock(strategy=Mock(), callbacks=[lookahead, checkpoint])
     with pytest.warns(UserWarning, match=r"save_weights_only=True.*fast weights"):
         lookahead.setup(trainer, Net(), stage="fit")
+
+
+# ---------------------------------------------------------------- compiled modules
+
+
+def test_a_compiled_module_follows_the_eager_run_without_recompiling(tmp_path: Path) -> None:
+    # The sync writes the parameters in place, which compiled graphs read without guarding on
+    # their values: one graph serves every step.
+    eager = Net("radam", n_batches=7)
+    make_trainer(tmp_path / "eager", [Lookahead(k=3, final_weights="fast")]).fit(eager)
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = Net("radam", n_batches=7)
+    lookahead = Lookahead(k=3, final_weights="fast")
+    make_trainer(tmp_path / "compiled", [lookahead]).fit(torch.compile(model, backend="aot_eager"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert_close(params(model), params(eager), atol=1e-6)
+    assert lookahead.show_slow_weights()
