@@ -108,6 +108,9 @@ VARIANTS = {
     # the sync: only rank 1 sees a non-finite fast weight there. Fitted uninterrupted only.
     "ddp_nan": ("ddp", False, "32-true", "radam"),
     "fsdp2_nan": ("fsdp2", True, "32-true", "radam"),
+    # Parameters created on the meta device (`trainer.init_module(empty_init=True)`); Lightning
+    # materializes them (`to_empty`, `reset_parameters`) before Lookahead copies them.
+    "fsdp2_meta": ("fsdp2", True, "32-true", "radam"),
 }
 NAN_AT_STEP, NAN_RANK = 6, 1
 
@@ -116,11 +119,6 @@ def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = Non
     kind, distributed_checkpoint, precision, optimizer = VARIANTS[variant]
     kind, _, sharding = kind.partition(":")  # FSDP1's sharding strategy, if not FULL_SHARD
     seed = 7 if ckpt_path else 0
-    if variant.endswith("_nan"):
-        nan_class = ShardedNaNGradientNet if kind == "fsdp2" else NaNGradientNet
-        model: Net = nan_class(NAN_AT_STEP, (NAN_RANK,), optimizer=optimizer, seed=seed)
-    else:
-        model = (ShardedNet if kind == "fsdp2" else Net)(optimizer, seed=seed)
     strategy: Any = "ddp"
     if kind == "fsdp2":
         strategy = ModelParallelStrategy(
@@ -145,6 +143,15 @@ def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = Non
         limit_val_batches=None,
         enable_checkpointing=True,
     )
+    if variant.endswith("_nan"):
+        nan_class = ShardedNaNGradientNet if kind == "fsdp2" else NaNGradientNet
+        model: Net = nan_class(NAN_AT_STEP, (NAN_RANK,), optimizer=optimizer, seed=seed)
+    elif variant.endswith("_meta"):  # deferred initialisation: Lightning materializes in setup
+        with trainer.init_module(empty_init=True):
+            model = ShardedNet(optimizer, seed=seed)
+        assert all(p.is_meta for p in model.parameters())
+    else:
+        model = (ShardedNet if kind == "fsdp2" else Net)(optimizer, seed=seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, ckpt_path=ckpt_path)
@@ -166,7 +173,7 @@ def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = Non
 def main(out: Path, variants: list[str]) -> None:
     for variant in variants:
         fit(out, variant, "uninterrupted", max_epochs=3)
-        if variant.endswith("_nan"):
+        if variant.endswith(("_nan", "_meta")):
             continue
         fit(out, variant, "first", max_epochs=1)
         # 5 steps per epoch: the epoch-0 checkpoint is 2 steps into a 3-step cycle.

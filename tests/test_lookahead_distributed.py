@@ -39,6 +39,8 @@ VARIANTS = (
 )
 # Fitted uninterrupted only, with a NaN gradient on rank 1 before step 6.
 NAN_VARIANTS = ("ddp_nan", "fsdp2_nan")
+# Fitted uninterrupted only, from parameters created on the meta device.
+META_VARIANTS = ("fsdp2_meta",)
 # FSDP1 with RAdam: Lightning's full checkpoint does not hold the run's moments (see the script), so
 # only the restored weights are compared; "fsdp1_sgd" resumes the whole run under FSDP1.
 EXACT_RESUME = tuple(v for v in VARIANTS if v != "fsdp1")
@@ -48,12 +50,26 @@ EXACT_RESUME = tuple(v for v in VARIANTS if v != "fsdp1")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lookahead_distributed")
     script = TESTS / "_lookahead_distributed_script.py"
-    run_two_processes(script, str(out), *VARIANTS, *NAN_VARIANTS, timeout=900)
+    run_two_processes(script, str(out), *VARIANTS, *NAN_VARIANTS, *META_VARIANTS, timeout=900)
     return out
 
 
 def _record(out: Path, variant: str, run: str, rank: int) -> dict:
     return torch.load(out / f"{variant}_{run}_rank{rank}.pt", weights_only=True)
+
+
+def test_meta_parameters_are_copied_once_lightning_materialized_them(out: Path) -> None:
+    records = [_record(out, "fsdp2_meta", "uninterrupted", rank) for rank in (0, 1)]
+    for record in records:
+        assert record["step"] == 15
+        assert_equal(record["start_slow"], record["start_fast"])
+        assert_equal(record["start_fast"], records[0]["start_fast"])
+        assert all(
+            t.device.type == "cpu" and torch.isfinite(t).all() for t in record["slow"].values()
+        )
+    start, end = records[0]["start_fast"], records[0]["slow"]
+    assert all(start[n].abs().sum() > 0 for n in start)  # initialised, not the empty memory's zeros
+    assert any(not torch.equal(start[n], end[n]) for n in start)  # and trained from there
 
 
 @pytest.mark.parametrize("variant", NAN_VARIANTS)
