@@ -7,14 +7,17 @@ A single-file checkpoint (single device, DDP, or ``ModelParallelStrategy`` with
 ``save_distributed_checkpoint=False``) written while :class:`Lookahead` is active holds:
 
 - ``checkpoint["state_dict"]``: the module's state with the **slow** weights in place of the
-  trainable parameters (float32 for float16/bfloat16 parameters; ``load_state_dict`` casts them), so
+  tracked parameters, under every key of a tensor that several modules share (tied weights), and
+  in float32 for float16/bfloat16 parameters (``load_state_dict`` casts them), so
   ``Model.load_from_checkpoint(path)`` gives the weights to deploy. Buffers are the module's own.
 - ``checkpoint["lookahead_fast_weights"]``: ``{parameter name: fast weight}``.
 - ``checkpoint["lookahead_slow_weights"]``: under ``ModelParallelStrategy`` and ``FSDPStrategy``
   (FSDP1), whose loading puts ``state_dict`` into the module before callbacks see it, the float32
   slow weights of the float16/bfloat16 parameters once more, so that a resume is exact.
-- ``checkpoint["callbacks"]["Lookahead"]``: ``{"synced_at_step": int, "names": list[str]}``: the
-  ``trainer.global_step`` of the last sync (or of the start), and the tracked parameters' names.
+- ``checkpoint["callbacks"]["Lookahead"]``: ``{"synced_at_step": int, "names": list[str],
+  "restores": int}``: the ``trainer.global_step`` of the last sync (or of the start), the tracked
+  parameters' names (each parameter once, under its first name), and how many times the fast
+  weights were restored from the slow ones.
 
 Under FSDP1 the full tensors are gathered from each rank's slices of the flat parameters (only
 ``state_dict_type="full"`` is supported). A sharded checkpoint (a distributed-checkpoint folder,
