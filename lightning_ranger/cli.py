@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jsonargparse import Namespace
-from jsonargparse._actions import _ActionPrintConfig
+from jsonargparse._actions import _ActionPrintConfig  # parse without printing (jsonargparse < 5)
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
@@ -43,6 +43,14 @@ class RangerCLI(LightningCLI):
     ``RangerConfig | dict``) is checked as a :class:`~lightning_ranger.RangerConfig` at parse
     time too. The digits data needs scikit-learn, of the ``examples`` extra: without it the CLI
     exits with one line that says what to install.
+
+    Args:
+        *args: LightningCLI's arguments; the model class defaults to any LightningModule.
+        **kwargs: LightningCLI's keyword arguments; both subclass modes default to ``True``.
+
+    Raises:
+        SystemExit: with one line naming the ``examples`` extra, if the digits data is chosen and
+            scikit-learn is not installed; with the parser's message for arguments it refuses.
 
     Example::
 
