@@ -47,8 +47,9 @@ def closed_form(t: float, beta2: float, threshold: float) -> dict[str, float]:
     return {"rho_t": rho_t, "r_t": r_t, "rho_t_threshold": threshold, "r_t_linear_warmup": warmup}
 
 
-def check_group(accumulator, reference, key, suffix, beta2, threshold, steps) -> None:
-    """Every series of one group equals the closed forms and the statistics by hand."""
+def check_group(accumulator, reference, key, suffix, beta2, threshold, steps, sampled=False):
+    """Every series of one group equals the closed forms and the statistics by hand (the mean and
+    variance within 2% and 10% when they come from a sample of a group of over 65536 elements)."""
     series = {m: scalars(accumulator, f"rectification/{m}{suffix}") for m in METRICS}
     for metric, values in series.items():
         assert sorted(values) == steps, metric
@@ -56,8 +57,9 @@ def check_group(accumulator, reference, key, suffix, beta2, threshold, steps) ->
         expected = reference.values[step][key]
         for metric, value in closed_form(expected["t"], beta2, threshold).items():
             assert series[metric][step] == pytest.approx(value, rel=1e-6, abs=1e-12), metric
-        assert series["adaptive_lr_mean"][step] == pytest.approx(expected["mean"], rel=1e-4)
-        assert series["adaptive_lr_var"][step] == pytest.approx(expected["var"], rel=1e-3)
+        mean_rel, var_rel = (0.02, 0.1) if sampled else (1e-4, 1e-3)
+        assert series["adaptive_lr_mean"][step] == pytest.approx(expected["mean"], rel=mean_rel)
+        assert series["adaptive_lr_var"][step] == pytest.approx(expected["var"], rel=var_rel)
         assert series["eps_dominated_fraction"][step] == pytest.approx(expected["eps_dominated"])
         assert series["nonfinite_fraction"][step] == 0.0
         # Each quantile q lies, within a histogram bucket (10%), between the order statistics
@@ -223,17 +225,20 @@ def test_torch_adam_every_five_steps(tmp_path):
 
 
 def test_histogram_of_a_large_group_counts_a_strided_sample(tmp_path):
-    """70003 elements > 65536: buckets of a random half, scaled; num, min, max, sums exact."""
+    """70003 elements > 65536: buckets, sum and sum of squares of a random half, scaled; num, min,
+    max, the eps-dominated share exact."""
     _, accumulator, reference = fit(
         tmp_path, Regressor(hidden=7000), RectificationMonitor(logging_interval=4), max_steps=8
     )
-    check_group(accumulator, reference, (0, 0), "", 0.999, 5.0, [4, 8])
+    check_group(accumulator, reference, (0, 0), "", 0.999, 5.0, [4, 8], sampled=True)
     for event in accumulator.Histograms("rectification/adaptive_lr"):
         h, expected = event.histogram_value, reference.values[event.step][(0, 0)]
         assert h.num == expected["count"] == 70003
-        for field in ("min", "max", "sum", "sum_sq"):
+        for field in ("min", "max"):
+            assert getattr(h, field) == pytest.approx(expected[field], rel=1e-5), field
+        for field in ("sum", "sum_sq"):
             got = getattr(h, "sum_squares" if field == "sum_sq" else field)
-            assert got == pytest.approx(expected[field], rel=1e-5), field
+            assert got == pytest.approx(expected[field], rel=0.02), field
         assert sum(h.bucket) == pytest.approx(70003, rel=1e-9)
         # The sample's distribution over the buckets is the full one's, up to sampling noise.
         first = int(np.argmin(np.abs(reference.limits / h.bucket_limit[0] - 1.0)))

@@ -557,8 +557,7 @@ class RectificationMonitor(Callback):
         trainer: Trainer, group: _Group, step: int, row: Sequence[float], low: float, high: float
     ) -> None:
         count, total, total_sq = row[stats.COUNT], row[stats.SUM], row[stats.SUM_SQ]
-        counts = row[stats.BUCKETS :]
-        sampled = sum(counts)
+        counts = row[stats.BUCKETS :]  # scaled to the count already
         filled = [i for i, c in enumerate(counts) if c > 0]
         # TensorBoard reads right edges only: keep one empty bucket on the left as the lower edge.
         first, last = max(filled[0] - 1, 0), filled[-1] + 1
@@ -572,6 +571,6 @@ class RectificationMonitor(Callback):
                     sum=total,
                     sum_squares=total_sq,
                     bucket_limits=stats.BUCKET_LIMITS[first:last],
-                    bucket_counts=[c * count / sampled for c in counts[first:last]],
+                    bucket_counts=list(counts[first:last]),
                     global_step=step,
                 )

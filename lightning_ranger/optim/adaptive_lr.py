@@ -13,9 +13,10 @@ Two kinds, both plain PyTorch (nothing here imports Lightning):
   each recorded gradient is summed once (a ``replicates x history`` matrix) and ``v_t`` of every
   coordinate is one matrix product: an estimate costs ``O(replicates * history * probe)``, whatever
   ``t`` and ``beta2``.
-- **Over the weights** (:func:`weight_sums`, :func:`histogram_quantiles`): count, sum and sum of
-  squares of ``l_t`` over every element, the exact count of elements with ``sqrt(v_t) < eps`` and
-  of non-finite ``v_t``, and histogram counts from which quantiles are interpolated.
+- **Over the weights** (:func:`weight_sums`, :func:`histogram_quantiles`): the exact counts of
+  elements with ``sqrt(v_t) < eps`` and of non-finite ``v_t``, the extrema of ``l_t``, and, from a
+  uniform sample of a large group, the sum and sum of squares of ``l_t`` and histogram counts
+  from which quantiles are interpolated.
 
 Every function returns partial sums that add up over ranks, so that sharded optimizer states
 (DTensor shards, FSDP1 flat shards) give the values of a single process.
@@ -282,18 +283,19 @@ def weight_sums(
     """One rank's share of the statistics of ``l_t`` over the weights of a param group.
 
     Over the parameters whose optimizer ``states`` are given, returns, in float64 on ``device``,
-    ``sums`` (laid out as :data:`COUNT` .. :data:`BUCKETS`: finite count, sum, sum of squares of
-    ``l_t``, the exact counts of elements with ``sqrt(v_t) < eps`` and with a non-finite ``v_t``,
-    then histogram counts per :data:`BUCKET_LIMITS`) and ``extrema = [-min, max]`` of ``l_t``.
-    Non-finite ``v_t`` are left out of everything but their own count. Summing ``sums`` and taking
-    the maximum of ``extrema`` over the ``world_size`` ranks gives the values of the whole group:
-    a DTensor shard counts with weight ``shards / world_size`` and a plain tensor, replicated on
-    every rank, with ``1 / world_size``. With ``world_size=1`` every tensor counts once.
+    ``sums`` (laid out as :data:`COUNT` .. :data:`BUCKETS`) and ``extrema = [-min, max]`` of
+    ``l_t``. Exact over every element: the count of finite ``v_t``, of those with
+    ``sqrt(v_t) < eps`` and of non-finite ones, and the extrema. From a uniform sample (fixed
+    seed) of about :data:`HISTOGRAM_SAMPLES` elements of a larger group, scaled to the finite
+    count: the sum and sum of squares of ``l_t`` and the histogram counts per
+    :data:`BUCKET_LIMITS`; a smaller group is counted in whole. Non-finite ``v_t`` are left out
+    of everything but their own count. So a logging event reads ``exp_avg_sq`` twice (extrema,
+    ``eps`` count) and computes ``l_t`` on the sample only.
 
-    The histogram counts a uniform sample of about :data:`HISTOGRAM_SAMPLES` elements of a larger
-    group, scaled to its size. ``l_t / sqrt(1 - beta2^t)`` is computed elementwise in the state's
-    dtype (at least float32) and summed per tensor; the products with the bias correction and the
-    sums over tensors and ranks are float64.
+    Summing ``sums`` and taking the maximum of ``extrema`` over the ``world_size`` ranks gives the
+    values of the whole group: a DTensor shard counts with weight ``shards / world_size`` and a
+    plain tensor, replicated on every rank, with ``1 / world_size``. With ``world_size=1`` every
+    tensor counts once.
     """
     numel = sum(state["exp_avg_sq"].numel() for state in states)  # global size for DTensors
     stride = max(1, math.ceil(numel / HISTOGRAM_SAMPLES))
@@ -305,54 +307,43 @@ def weight_sums(
         if isinstance(exp_avg_sq, DTensor):
             mesh, placements = exp_avg_sq.device_mesh, exp_avg_sq.placements
             shards = math.prod(mesh.size(d) for d, p in enumerate(placements) if p.is_shard())
-            v, weight = exp_avg_sq.to_local(), shards / world_size
+            v, weight = exp_avg_sq.to_local().reshape(-1), shards / world_size
         else:
-            v, weight = exp_avg_sq, 1.0 / world_size
+            v, weight = exp_avg_sq.reshape(-1), 1.0 / world_size
         if v.numel() == 0:  # an empty shard of a small parameter
             continue
-        step = torch.as_tensor(state["step"], dtype=torch.float64).to(device)
-        bias_correction = torch.sqrt(1.0 - beta2**step)
-        # l_t / bias_correction, in a fresh tensor: the optimizer state is never written.
-        d = v.to(torch.promote_types(v.dtype, torch.float32)).sqrt().add_(eps).reciprocal_()
-        d = d.reshape(-1)
-        low, high = torch.aminmax(d)
-        # d is in (0, 1 / eps] for a finite v_t >= 0; 0 for +inf, NaN for NaN or v_t < 0.
+        step = float(state["step"])
+        bias_correction = math.sqrt(-math.expm1(step * math.log(beta2)) if beta2 > 0 else 1.0)
+        low, high = (x.item() for x in torch.aminmax(v))  # NaN if any entry is NaN
         nonfinite = 0
-        if not (bool(low > 0) and bool(torch.isfinite(high))):
-            finite = torch.isfinite(v.reshape(-1)) & (v.reshape(-1) >= 0)
-            nonfinite = int(finite.numel() - finite.sum())
-            d = d[finite]
-            if d.numel() == 0:
+        if not (low >= 0.0 and math.isfinite(high)):  # the slow path: leave out the bad entries
+            finite = torch.isfinite(v) & (v >= 0)
+            nonfinite = int(v.numel() - torch.count_nonzero(finite))
+            v = v[finite]
+            if v.numel() == 0:
                 sums[NONFINITE] += nonfinite * weight
                 continue
-            low, high = torch.aminmax(d)
-        both = torch.stack([-low, high]).to(device, torch.float64) * bias_correction
-        extrema = torch.maximum(extrema, both)
-        sample = d
+            low, high = (x.item() for x in torch.aminmax(v))
+        # eps^2 underflows in 16 bits (1e-16 for the default eps): compare in float32 there.
+        wide = v if v.dtype in (torch.float32, torch.float64) else v.float()
+        dominated = float(torch.count_nonzero(wide < eps * eps)) if eps > 0 else 0.0
+        # l_t falls as v_t grows: its extrema come from those of v_t.
+        lr_low = bias_correction / (math.sqrt(high) + eps)
+        lr_high = bias_correction / (math.sqrt(low) + eps)
+        extrema = torch.maximum(extrema, extrema.new_tensor([-lr_low, lr_high]))
+        sample = v
         if stride > 1:  # uniform, not strided: a stride would pick columns of a matrix
-            generator = torch.Generator(d.device).manual_seed(0)
-            picks = (math.ceil(d.numel() / stride),)
-            sample = d[torch.randint(d.numel(), picks, generator=generator, device=d.device)]
-        sample = sample.to(device, torch.float64) * bias_correction
-        buckets = torch.bucketize(sample, limits).clamp_(max=len(limits) - 1)
-        sums[BUCKETS:] += torch.bincount(buckets, minlength=len(limits)) * weight
-        # sqrt(v_t) < eps exactly when d > 1 / (2 eps).
-        dominated = (d > 0.5 / eps).sum() if eps > 0 else d.new_zeros(())
-        total = d.sum().to(device, torch.float64) * bias_correction
-        total_sq = (
-            torch.linalg.vector_norm(d).to(device, torch.float64).square() * bias_correction**2
-        )
-        counts = torch.tensor([float(d.numel())], dtype=torch.float64, device=device)
-        row = torch.cat(
-            [
-                counts,
-                total[None],
-                total_sq[None],
-                dominated.to(device, torch.float64)[None],
-                counts.new_tensor([float(nonfinite)]),
-            ]
-        )
-        sums[:BUCKETS] += row * weight
+            generator = torch.Generator(v.device).manual_seed(0)
+            picks = (math.ceil(v.numel() / stride),)
+            sample = v[torch.randint(v.numel(), picks, generator=generator, device=v.device)]
+        lr = bias_correction / (sample.to(device, torch.float64).sqrt() + eps)
+        scale = v.numel() / sample.numel()
+        buckets = torch.bucketize(lr, limits).clamp_(max=len(limits) - 1)
+        sums[BUCKETS:] += torch.bincount(buckets, minlength=len(limits)) * (scale * weight)
+        row = [float(v.numel()), 0.0, 0.0, dominated, float(nonfinite)]
+        sums[:BUCKETS] += sums.new_tensor(row) * weight
+        sums[SUM] += lr.sum() * (scale * weight)
+        sums[SUM_SQ] += lr.square().sum() * (scale * weight)
     return sums, extrema
 
 
