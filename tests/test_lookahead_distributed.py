@@ -167,6 +167,7 @@ def test_fsdp1_checkpoint_holds_full_slow_and_fast_weights(out: Path, variant: s
     assert checkpoint["callbacks"]["Lookahead"] == {
         "synced_at_step": 3,
         "names": list(first["fast"]),
+        "restores": 0,
     }
     slow = {n: checkpoint["state_dict"][n] for n in first["slow"]}
     assert all(t.dtype == torch.float32 for t in slow.values())
@@ -195,7 +196,11 @@ def test_sharded_checkpoint_holds_per_rank_shards_of_both_weights(out: Path) -> 
     assert_equal(slow, first["slow"])
     assert_equal(fast, first["fast"])
     callbacks = torch.load(path / "meta.pt", weights_only=False)["callbacks"]
-    assert callbacks["Lookahead"] == {"synced_at_step": 3, "names": list(first["fast"])}
+    assert callbacks["Lookahead"] == {
+        "synced_at_step": 3,
+        "names": list(first["fast"]),
+        "restores": 0,
+    }
 
 
 def test_bf16_true_slow_shards_are_float32_and_follow_a_float32_run(
