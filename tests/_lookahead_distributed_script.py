@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from _cpu_fsdp import CPUFSDPStrategy
-from _lookahead_helpers import NaNGradientNet, Net, make_trainer
+from _lookahead_helpers import NaNGradientNet, Net, TiedLM, make_trainer
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -170,8 +170,41 @@ def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = Non
     torch.save(record, out / f"{variant}_{run}_rank{trainer.global_rank}.pt")
 
 
+class ShardedTiedLM(TiedLM):
+    """FSDP2: the tied language model sharded as one unit (its embedding and output layer share a
+    tensor)."""
+
+    def configure_model(self) -> None:
+        fully_shard(self, mesh=self.device_mesh["data_parallel"])
+
+
+def fit_tied(out: Path) -> None:
+    """The tied language model under FSDP2 with sharded checkpoints: 2 epochs of 3 steps, k=4, so
+    the epoch-1 checkpoint (step 6) is 2 steps after a sync; saves the full slow weights."""
+    lookahead = Lookahead(k=4, alpha=ALPHA, final_weights="fast")
+    checkpoint = ModelCheckpoint(dirpath=out / "fsdp2_tied", save_top_k=-1, every_n_epochs=1)
+    trainer = make_trainer(
+        out / "fsdp2_tied",
+        [lookahead, checkpoint],
+        devices=2,
+        strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+        max_epochs=2,
+        enable_checkpointing=True,
+    )
+    model = ShardedTiedLM()
+    trainer.fit(model)
+    fast = full_weights(model, trainer)
+    lookahead.show_slow_weights()
+    slow = full_weights(model, trainer)
+    lookahead.show_fast_weights()
+    torch.save({"fast": fast, "slow": slow}, out / f"fsdp2_tied_rank{trainer.global_rank}.pt")
+
+
 def main(out: Path, variants: list[str]) -> None:
     for variant in variants:
+        if variant == "fsdp2_tied":
+            fit_tied(out)
+            continue
         fit(out, variant, "uninterrupted", max_epochs=3)
         if variant.endswith(("_nan", "_meta")):
             continue
@@ -182,3 +215,5 @@ def main(out: Path, variants: list[str]) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2:])
+    # Both ranks leave the process group together rather than in their interpreters' shutdown.
+    torch.distributed.destroy_process_group()

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from lightning_ranger import RAdam
 
 IN, HIDDEN, OUT = 4, 8, 2
+VOCAB, WIDTH, LENGTH = 11, 8, 6
 
 
 class TinyNet(nn.Module):
@@ -173,6 +174,56 @@ class NaNGradientNet(Net):
         if step == self.nan_at_step and self.trainer.global_rank in self.nan_ranks:
             assert bias.grad is not None
             poison(bias.grad)
+
+
+class TiedLM(LightningModule):
+    """A next-token model whose output projection is the embedding (``out.weight is
+    emb.weight``), as in most language models."""
+
+    def __init__(self, seed: int = 0, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(VOCAB, WIDTH)
+        self.mix = nn.Linear(WIDTH, WIDTH)
+        self.out = nn.Linear(WIDTH, VOCAB, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.out(torch.tanh(self.mix(self.emb(tokens))))
+
+    def loss(self, batch: list[Tensor]) -> Tensor:
+        (tokens,) = batch
+        logits = self(tokens[:, :-1])
+        return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        return self.loss(batch)
+
+    def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        self.log("val_loss", self.loss(batch))
+
+    def test_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        self.log("test_loss", self.loss(batch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return RAdam(self.parameters(), lr=self.hparams.lr)
+
+    def train_dataloader(self) -> DataLoader:
+        return tokens_loader(20, seed=1)
+
+    def val_dataloader(self) -> DataLoader:
+        return tokens_loader(8, seed=2)
+
+    def test_dataloader(self) -> DataLoader:
+        return tokens_loader(8, seed=2)
+
+
+def tokens_loader(n: int, seed: int) -> DataLoader:
+    """``n`` random sequences of ``LENGTH + 1`` tokens, in batches of 4 (8 for 8 or fewer)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, VOCAB, (n, LENGTH + 1), generator=g)
+    return DataLoader(TensorDataset(tokens), batch_size=4 if n > 8 else 8)
 
 
 def make_trainer(tmp_path: Any, callbacks: list[Any], **kwargs: Any) -> Trainer:

@@ -50,7 +50,9 @@ EXACT_RESUME = tuple(v for v in VARIANTS if v != "fsdp1")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lookahead_distributed")
     script = TESTS / "_lookahead_distributed_script.py"
-    run_two_processes(script, str(out), *VARIANTS, *NAN_VARIANTS, *META_VARIANTS, timeout=900)
+    run_two_processes(
+        script, str(out), *VARIANTS, *NAN_VARIANTS, *META_VARIANTS, "fsdp2_tied", timeout=900
+    )
     return out
 
 
@@ -214,3 +216,14 @@ def test_bf16_true_slow_shards_are_float32_and_follow_a_float32_run(
     slow, _ = _read_sharded(path, reference[1], reference[0])
     assert any(not torch.equal(t, t.bfloat16().float()) for t in slow.values())
     assert_close(slow, reference[1], atol=2e-2)
+
+
+def test_sharded_checkpoint_holds_slow_weights_under_every_key_of_a_tied_weight(out: Path) -> None:
+    """FSDP2 with a language model whose output layer is its embedding: both keys of the shared
+    tensor hold its slow shards in the distributed checkpoint."""
+    record = torch.load(out / "fsdp2_tied_rank0.pt", weights_only=True)
+    slow, fast = record["slow"]["emb.weight"], record["fast"]["emb.weight"]
+    assert not torch.equal(slow, fast)  # 2 steps after the sync at step 4
+    state_dict = {"emb.weight": torch.empty_like(slow), "out.weight": torch.empty_like(slow)}
+    dcp.load({"state_dict": state_dict}, checkpoint_id=out / "fsdp2_tied" / "epoch=1-step=6.ckpt")
+    assert_equal(state_dict, {"emb.weight": slow, "out.weight": slow})

@@ -10,68 +10,14 @@ from typing import Any
 
 import pytest
 import torch
-from _lookahead_helpers import assert_equal, make_trainer
-from lightning.pytorch import LightningModule
+from _lookahead_helpers import TiedLM, assert_equal, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_ranger import RAdam
 from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY, Lookahead
 from lightning_ranger.callbacks.slow_weight_swap import SlowWeightSwap
 
-VOCAB, WIDTH, LENGTH = 11, 8, 6
 CKPT = "epoch=0-step=5.ckpt"  # 5 steps, k=3: 2 steps after the last sync
 pytestmark = pytest.mark.filterwarnings("ignore:.*dirpath has changed")
-
-
-class TiedLM(LightningModule):
-    """A next-token model whose output projection is the embedding (``out.weight is
-    emb.weight``), as in most language models."""
-
-    def __init__(self, seed: int = 0, lr: float = 0.05) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        torch.manual_seed(seed)
-        self.emb = nn.Embedding(VOCAB, WIDTH)
-        self.mix = nn.Linear(WIDTH, WIDTH)
-        self.out = nn.Linear(WIDTH, VOCAB, bias=False)
-        self.out.weight = self.emb.weight
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.out(torch.tanh(self.mix(self.emb(tokens))))
-
-    def loss(self, batch: list[Tensor]) -> Tensor:
-        (tokens,) = batch
-        logits = self(tokens[:, :-1])
-        return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
-
-    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
-        return self.loss(batch)
-
-    def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
-        self.log("val_loss", self.loss(batch))
-
-    def test_step(self, batch: list[Tensor], batch_idx: int) -> None:
-        self.log("test_loss", self.loss(batch))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return RAdam(self.parameters(), lr=self.hparams.lr)
-
-    def train_dataloader(self) -> DataLoader:
-        return _tokens(20, seed=1)
-
-    def val_dataloader(self) -> DataLoader:
-        return _tokens(8, seed=2)
-
-    def test_dataloader(self) -> DataLoader:
-        return _tokens(8, seed=2)
-
-
-def _tokens(n: int, seed: int) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, VOCAB, (n, LENGTH + 1), generator=g)
-    return DataLoader(TensorDataset(tokens), batch_size=4 if n > 8 else 8)
 
 
 def _fit(tmp_path: Path, name: str, max_epochs: int, ckpt_path: Any = None) -> tuple[dict, dict]:
