@@ -11,6 +11,11 @@ one of three implementations, as ``torch.optim`` does:
   multi-tensor implementation.
 - *foreach*: multi-tensor ``torch._foreach_*`` operations, per device and dtype.
 - *per-tensor*: a plain loop, for tensor types and devices the others do not take.
+
+Every path computes the update of float16 and bfloat16 tensors in float32 and rounds it once, as
+torch's fused kernels do. In eager mode the step-dependent scalars (``r_t``, the bias corrections,
+the step sizes) are Python numbers; under ``torch.compile`` they are tensors computed from the step
+counts inside the graph, so that one graph serves every step.
 """
 
 from __future__ import annotations
@@ -149,6 +154,13 @@ class RAdam(Optimizer):
     ``torch.optim.RAdam`` loads into this optimizer and back (groups without ``rectify_threshold``
     or ``degenerate_to_sgd`` get torch's behaviour: 5.0 and ``True``).
 
+    float16 and bfloat16 parameters are updated in float32 and rounded once on every path, so
+    the three implementations agree and ``eps`` never underflows. Parameters on the meta device
+    (deferred initialisation) are accepted at construction; ``step()`` refuses them until they are
+    materialized. ``torch.compile(optimizer.step)`` compiles one graph for the foreach and
+    per-tensor implementations, across the rectification threshold; a fused step runs eagerly
+    under compile, as ``torch.optim.Adam(fused=True)``'s does.
+
     Args:
         params: parameters or param groups (dicts, which may override every option below).
         lr: learning rate, a float or a 1-element tensor, ``>= 0``.
@@ -167,7 +179,8 @@ class RAdam(Optimizer):
 
     Raises:
         TypeError: if an option has the wrong type (``lr`` not a number or tensor, a flag not bool).
-        ValueError: if an option is outside its range, or ``fused=True`` cannot be honoured.
+        ValueError: if an option is outside its range, or ``fused=True`` cannot be honoured (for
+            the parameters' type or device; meta parameters are checked when they step).
 
     Example::
 
