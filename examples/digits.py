@@ -15,15 +15,15 @@ ships with scikit-learn (1,797 scanned digits, no download), with
   reference; every run is seeded and runs on one thread, so its results do not depend on
   ``--workers``;
 - a table of the test accuracy (mean ± sample std over seeds) and a one-line verdict per claim,
-  computed from the numbers; claim 1 is measured twice: from ``RectificationMonitor`` during
-  training (the spread of ``l_t`` over the weights), and as the paper means it, the variance of
-  ``l_t`` over random draws of the minibatches at the initial weights;
+  computed from the numbers; claim 1 is measured twice, both as the paper means it (the variance
+  of ``l_t`` over random draws of the minibatches): online by ``RectificationMonitor`` during
+  training, and with fresh draws at the initial weights;
 - PNGs: accuracy vs lr, ``r_t`` vs the linear warmup (closed forms), the adaptive-lr variance,
   training curves at one lr, and the validation accuracy on the line from Lookahead's slow to
   fast weights before a sync;
 - TensorBoard logs of every run under ``OUT/tensorboard``; at the detail lr, seed 0 of every
   adaptive optimizer is monitored at every step, with the ``rectification/adaptive_lr``
-  histograms.
+  histograms, and so are Adam and RAdam at ``--monitor-lr`` (0.01, Adam's best lr here).
 
 ``beta2`` defaults to 0.98 (Adam's default is 0.999): a run is 184 optimizer steps, and warmup
 and rectification act over about ``2 / (1 - beta2)`` steps, 100 here, 2000 at 0.999.
@@ -50,7 +50,7 @@ from pathlib import Path
 
 from _study import claims, figures
 from _study.digits_runs import DigitsResult, DigitsRun, initial_gradients, train_digits
-from _study.events import histogram_share_above, load_events, scalar_series
+from _study.events import load_events, scalar_series
 from _study.recipes import RECIPES, adaptive
 from _study.runner import run_all
 from _study.sampling_variance import SamplingVariance, sampling_variance
@@ -75,11 +75,10 @@ QUICK = Preset(lrs=(1e-3, 3e-2), seeds=1, epochs=1)
 
 @dataclass(frozen=True)
 class Variances:
-    """The evidence on claim 1: RectificationMonitor's curves from training, the share of Adam's
-    weights with a zero gradient at step 1, and the variance over minibatch draws."""
+    """The evidence on claim 1: RectificationMonitor's online estimates from training, and the
+    variance over fresh minibatch draws at the initial weights."""
 
-    monitored: claims.VarianceCurves
-    zero_share: float
+    online: claims.OnlineVariance
     sampled: SamplingVariance
 
 
@@ -114,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1e-1,
         help="lr of the training curves, the monitored runs and the Lookahead scans "
         "(the grid's middle lr if it is not in the grid)",
+    )
+    parser.add_argument(
+        "--monitor-lr",
+        type=float,
+        default=1e-2,
+        help="a second lr at which seed 0 of Adam and RAdam is monitored (if in the grid)",
     )
     parser.add_argument("--quick", action="store_true", help=f"tiny grid: {QUICK}")
     parser.add_argument("--out", type=Path, default=Path("outputs/digits"))
@@ -155,6 +160,7 @@ def plan(args: argparse.Namespace) -> tuple[list[DigitsRun], dict[str, int]]:
         for lr in args.lrs:
             for seed in range(args.seeds):
                 detail = lr == args.detail_lr and seed == 0
+                second = lr == args.monitor_lr and seed == 0 and recipe in ("adam", "radam")
                 runs.append(
                     DigitsRun(
                         recipe=recipe,
@@ -166,7 +172,7 @@ def plan(args: argparse.Namespace) -> tuple[list[DigitsRun], dict[str, int]]:
                         warmup_steps=counts["warmup"],
                         freeze_steps=counts["freeze"],
                         log_dir=str(args.out / "tensorboard"),
-                        monitor_interval=1 if detail and adaptive(recipe) else None,
+                        monitor_interval=1 if (detail and adaptive(recipe)) or second else None,
                         line_syncs=scans if detail and recipe == "ranger" else (),
                     )
                 )
@@ -175,28 +181,25 @@ def plan(args: argparse.Namespace) -> tuple[list[DigitsRun], dict[str, int]]:
 
 
 def measure_variances(args: argparse.Namespace, runs: list[DigitsRun], warmup: int) -> Variances:
-    """From the monitored runs' events: ``adaptive_lr_var`` (and RAdam's ``r_t``), and the share
-    of Adam's weights whose ``l_t`` is near ``sqrt(1 - beta2) / eps`` at step 1 (zero gradient);
-    and the variance over minibatch draws at the initial weights, over ``3 * 2 / (1 - beta2)``
-    steps (at most 1000)."""
-    var, r_t, zero_share = {}, {}, math.nan
-    defaults = RangerConfig()
-    level = 0.5 * math.sqrt(1.0 - args.beta2) / defaults.eps
+    """From the monitored runs' events: RectificationMonitor's estimates of the variance over
+    minibatch draws; and that variance measured with fresh draws at the initial weights, over
+    ``3 * 2 / (1 - beta2)`` steps (at most 1000)."""
+    series = {}
     for run in runs:
         if run.monitor_interval is None:
             continue
         events = load_events(args.out / "tensorboard" / run.name)
-        var[run.recipe] = scalar_series(events, "rectification/adaptive_lr_var")
-        if run.recipe == "radam":
-            r_t = scalar_series(events, "rectification/r_t")
-        if run.recipe == "adam":
-            zero_share = histogram_share_above(events, "rectification/adaptive_lr", 1, level)
+        series[run.recipe, run.lr] = {
+            metric: scalar_series(events, f"rectification/{metric}")
+            for metric in claims.ONLINE_METRICS
+        }
+    defaults = RangerConfig()
     steps = min(1000, 3 * round(2.0 / (1.0 - args.beta2)))
     grads = initial_gradients(args.batch_size, pool=128)
     sampled = sampling_variance(
         grads, args.beta2, steps, min(warmup, steps), defaults.rectify_threshold
     )
-    return Variances(claims.variance_curves(var, r_t, warmup), zero_share, sampled)
+    return Variances(claims.OnlineVariance(series), sampled)
 
 
 def verdicts(
@@ -212,7 +215,11 @@ def verdicts(
     if has({"adam"}):
         lines.append(
             claims.claim_monitored_variance(
-                variances.monitored, args.detail_lr, variances.zero_share
+                variances.online,
+                variances.sampled,
+                args.beta2,
+                RangerConfig().rectify_threshold,
+                steps,
             )
         )
     if has({"adam", "radam"}):
@@ -251,9 +258,9 @@ def draw(
             args.out / "rectification_vs_warmup.png",
         ),
         figures.adaptive_lr_variance(
-            variances.monitored,
+            variances.online,
             variances.sampled,
-            args.detail_lr,
+            args.beta2,
             steps,
             args.out / "adaptive_lr_variance.png",
         ),

@@ -1,8 +1,7 @@
-"""Read scalars and histograms back from TensorBoard event files."""
+"""Read scalars back from TensorBoard event files."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -20,20 +19,3 @@ def scalar_series(events: EventAccumulator, tag: str) -> dict[int, float]:
     if tag not in events.Tags()["scalars"]:
         return {}
     return {event.step: event.value for event in events.Scalars(tag)}
-
-
-def histogram_share_above(events: EventAccumulator, tag: str, step: int, level: float) -> float:
-    """The share of a histogram's count, at ``step``, in buckets whose right edge is above
-    ``level``; NaN if the run has no such histogram."""
-    if tag not in events.Tags()["histograms"]:
-        return math.nan
-    for event in events.Histograms(tag):
-        if event.step == step:
-            histogram = event.histogram_value
-            above = sum(
-                count
-                for edge, count in zip(histogram.bucket_limit, histogram.bucket, strict=True)
-                if edge > level
-            )
-            return above / sum(histogram.bucket)
-    return math.nan

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from _study.claims import VarianceCurves
+from _study.claims import OnlineVariance
 from _study.lookahead_line import LineScan
 from _study.recipes import MAIN, RECIPES
 from _study.sampling_variance import SamplingVariance
@@ -106,53 +106,77 @@ def rectification_vs_warmup(beta2s: Sequence[float], threshold: float, path: Pat
 
 
 def adaptive_lr_variance(
-    curves: VarianceCurves, sampled: SamplingVariance, lr: float, steps: int, path: Path
+    online: OnlineVariance, sampled: SamplingVariance, beta2: float, steps: int, path: Path
 ) -> Path:
-    """Three panels over the optimizer steps: ``Var[l_t]`` over the weights as
-    RectificationMonitor logged it in training; the variance of the factor that the step applies
-    (see :class:`~_study.claims.VarianceCurves`); and the variance over minibatch draws at fixed
-    initial weights (:mod:`_study.sampling_variance`), relative to its limit."""
+    """Three panels over the optimizer steps: Adam's ``Var_draws[l_t] / Var[l_limit]`` as
+    RectificationMonitor estimated it during training (one line style per lr), the fresh-draw
+    measurement at the initial weights (:mod:`_study.sampling_variance`) and ``1 / r_t^2``;
+    RAdam's rectified ratio ``r_t^2`` times it, online and fresh; the relative variance
+    ``Var_draws[l_t] / E_draws[l_t]^2`` online."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    monitored = [
-        (curves.raw, f"training at lr {lr:g}: Var[l_t] over the weights"),
-        (curves.applied, "applied: Var of l_t, warmup x l_t, r_t x l_t"),
+    styles = ["-", "--", "-.", ":"]
+    t_fresh = range(1, len(sampled.adam) + 1)
+    gaussian = [
+        (t, 1.0 / rectification(t, beta2)[1] ** 2)
+        for t in range(1, steps + 1)
+        if rectification(t, beta2)[0] > 4
     ]
-    for ax, (series, title) in zip(axes, monitored, strict=False):
-        for recipe in ("adam", "adam-warmup", "radam"):
-            points = sorted(
-                (t, v) for t, v in series.get(recipe, {}).items() if t <= steps and v > 0
-            )
+    panels = [
+        ("adam", "adaptive_lr_var_ratio", sampled.adam, "Adam: Var_draws[l_t] / Var[l_limit]"),
+        (
+            "radam",
+            "rectified_var_ratio",
+            sampled.radam,
+            "RAdam: r_t^2 Var_draws[l_t] / Var[l_limit]",
+        ),
+    ]
+    for ax, (recipe, metric, fresh, title) in zip(axes, panels, strict=False):
+        for style, lr in zip(styles, online.lrs(recipe), strict=False):
+            points = sorted((t, v) for t, v in online.get(recipe, lr, metric).items() if v > 0)
             if points:
-                ts, vs = zip(*points, strict=True)
-                ax.plot(ts, vs, color=COLORS[recipe], label=RECIPES[recipe])
-        ax.set(xlabel="optimizer step t", ylabel="variance (RectificationMonitor)", title=title)
-    t = range(1, len(sampled.adam) + 1)
+                ax.plot(
+                    *zip(*points, strict=True),
+                    color=COLORS[recipe],
+                    ls=style,
+                    label=f"online, training at lr {lr:g}",
+                )
+        points = [(t, v) for t, v in zip(t_fresh, fresh, strict=True) if v > 0 and t <= steps]
+        ax.plot(
+            *zip(*points, strict=True),
+            color="black",
+            lw=1.0,
+            label=f"fresh draws, initial weights ({sampled.replicas})",
+        )
+        if recipe == "adam":
+            ax.plot(*zip(*gaussian, strict=True), color="gray", ls=":", label="1 / r_t^2")
+        else:
+            ax.axhline(1.0, color="gray", ls=":", label="1 (exact rectification)")
+        ax.set(xlabel="optimizer step t", title=title, xscale="log", yscale="log")
     ax = axes[2]
-    for recipe, values in (
-        ("adam", sampled.adam),
-        ("adam-warmup", sampled.warmup),
-        ("radam", sampled.radam),
-    ):
-        points = [(i, v) for i, v in zip(t, values, strict=True) if v > 0]
-        ax.plot(*zip(*points, strict=True), color=COLORS[recipe], label=RECIPES[recipe])
-    ax.axhline(1.0, color="black", lw=0.8, ls=":")
+    for recipe in ("adam", "radam"):
+        for style, lr in zip(styles, online.lrs(recipe), strict=False):
+            points = sorted(online.get(recipe, lr, "adaptive_lr_rel_var").items())
+            if points:
+                ax.plot(
+                    *zip(*points, strict=True),
+                    color=COLORS[recipe],
+                    ls=style,
+                    label=f"{RECIPES[recipe]}, lr {lr:g}",
+                )
     ax.set(
-        xlabel="t (gradients in v_t)",
-        ylabel=f"Var[l_t] / Var[l_{len(sampled.adam)}] (median over weights)",
-        title=f"over {sampled.replicas} minibatch draws, initial weights",
+        xlabel="optimizer step t",
+        title="Var_draws[l_t] / E_draws[l_t]^2 (online)",
+        xscale="log",
+        yscale="log",
     )
     for ax in axes:
-        ax.set(xscale="log", yscale="log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[1].text(
-        0.02,
-        0.02,
-        "RAdam: not drawn while it takes SGD steps",
-        transform=axes[1].transAxes,
-        fontsize=8,
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        "Variance of Adam's adaptive lr over the draw of the minibatches (RectificationMonitor, "
+        "median over the probe's live coordinates)",
+        fontsize=10,
     )
-    fig.suptitle("Adaptive learning rate l_t = sqrt(1 - beta2^t) / (sqrt(v_t) + eps)", fontsize=11)
     return save(fig, path)
 
 
