@@ -22,9 +22,11 @@ from _lookahead_helpers import (
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from torch import nn
 from typing_extensions import override
 
 from lightning_ranger import RAdam
+from lightning_ranger.callbacks._slow_weights import SlowWeights
 from lightning_ranger.callbacks.lookahead import RESTORES_METRIC, Lookahead
 
 # 5 batches of 4 per epoch, 3 epochs: 15 RAdam steps. With k=4 the syncs come after steps 4, 8
@@ -168,3 +170,30 @@ def test_on_nonfinite_raise_names_the_parameter_and_the_step(tmp_path: Path) -> 
 def test_on_nonfinite_takes_restore_or_raise(value: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match=rf"`on_nonfinite` must be 'restore' or 'raise', got {value!r}"):
         Lookahead(on_nonfinite=value)
+
+
+def test_first_nonfinite_finds_nan_and_either_infinity_in_any_dtype() -> None:
+    module = nn.ParameterDict(
+        {
+            "empty": nn.Parameter(torch.zeros(0)),  # an FSDP1 rank's empty slice
+            "fp16": nn.Parameter(torch.full((4096,), 60000.0, dtype=torch.float16)),
+            "bf16": nn.Parameter(torch.ones(3, dtype=torch.bfloat16)),
+            "a": nn.Parameter(torch.ones(5)),
+            "b": nn.Parameter(torch.ones(2, 3)),
+        }
+    )
+    weights = SlowWeights(module)
+    cpu = torch.device("cpu")
+    # Finite, although the float16 values sum to far more than float16 can hold.
+    assert weights.first_nonfinite(cpu).item() == len(weights.names) == 5
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with torch.no_grad():
+            module["b"][1, 2] = bad
+        assert weights.names[int(weights.first_nonfinite(cpu))] == "b"
+    with torch.no_grad():
+        module["b"][1, 2] = 1.0
+        module["bf16"][0] = float("nan")
+        assert weights.names[int(weights.first_nonfinite(cpu))] == "bf16"
+        module["a"][:2] = torch.tensor([float("inf"), float("-inf")])  # a NaN sum
+    assert weights.names.index("a") < weights.names.index("bf16")  # ParameterDict sorts
+    assert weights.names[int(weights.first_nonfinite(cpu))] == "a"
