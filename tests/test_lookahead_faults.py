@@ -98,7 +98,7 @@ def test_a_nan_gradient_restores_the_fast_weights_as_a_hand_loop_does(tmp_path: 
     with pytest.warns(
         UserWarning,
         match=r"NaN or infinite fast weight in parameter 'net.layers.inp.weight' at step 8: the "
-        r"fast weights restart from the slow weights of step 4 .*\(1 restores so far\)",
+        r"fast weights restart from the slow weights of step 4 .*\(restores so far: 1\)",
     ):
         trainer.fit(model)
     fast, slow = _fast_and_slow(lookahead, model)

@@ -300,7 +300,7 @@ class Lookahead(Callback):
         rank_zero_warn(
             f"Lookahead found a NaN or infinite fast weight in parameter {name!r} at step {step}: "
             f"the fast weights restart from the slow weights of step {self._synced_at_step} and "
-            f"the optimizers' state is cleared ({self.restores} restores so far)"
+            f"the optimizers' state is cleared (restores so far: {self.restores})"
         )
         for logger in trainer.loggers:
             logger.log_metrics({RESTORES_METRIC: float(self.restores)}, step=step)
