@@ -83,9 +83,9 @@ def test_draw_statistics_against_adams_recursion(step, beta2):
     pool = torch.randn(9, 5, generator=torch.Generator().manual_seed(1)) * torch.arange(1, 6)
     got = stats.draw_statistics(pool, step, beta2, eps=1e-3, replicates=16, seed=2)
     (var, mean), (var_limit, _) = _hand_bootstrap(pool, step, beta2, 1e-3, 16, 2)
-    np.testing.assert_allclose(got.var.numpy(), var, rtol=1e-9)
-    np.testing.assert_allclose(got.mean.numpy(), mean, rtol=1e-12)
-    np.testing.assert_allclose(got.var_limit.numpy(), var_limit, rtol=1e-9)
+    np.testing.assert_allclose(got.var.numpy(), var, rtol=1e-5)
+    np.testing.assert_allclose(got.mean.numpy(), mean, rtol=1e-6)
+    np.testing.assert_allclose(got.var_limit.numpy(), var_limit, rtol=1e-5)
 
 
 def test_summarize_draws_takes_medians_over_live_coordinates():

@@ -225,7 +225,9 @@ def draw_statistics(
     ``l_t = 1 / (sqrt(v_t / (1 - beta2^t)) + eps / sqrt(1 - beta2^t))``, which is
     ``sqrt(1 - beta2^t) / (sqrt(v_t) + eps)``. ``l_limit`` is the same with ``t_limit`` draws.
     The draws depend only on ``seed``, ``step``, the pool's length and ``replicates``: on every rank
-    every coordinate sees the same draws.
+    every coordinate sees the same draws. ``v_t`` of every replicate and coordinate is one float32
+    matrix product (relative error about ``1e-7``, far below the bootstrap's); ``l_t`` and its
+    moments are float64. Cost: ``2 * replicates * len(pool) * coordinates`` multiply-adds.
 
     Args:
         pool: ``[n, coordinates]`` recorded gradients, ``n >= 1``.
@@ -245,7 +247,7 @@ def draw_statistics(
     """
     t_limit = limit_steps(beta2)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + int(step))
-    squares = pool.to(torch.float64).square()
+    squares = pool.float().square()  # float32: the matrix product dominates an event's cost
     bias_correction = -math.expm1(step * math.log(beta2)) if beta2 > 0.0 else 1.0
     results = []
     for length, eps_hat in (
@@ -253,7 +255,7 @@ def draw_statistics(
         (t_limit, eps),
     ):
         weights = _replicate_weights(len(pool), length, beta2, replicates, generator)
-        v_hat = weights.to(squares.device) @ squares
+        v_hat = (weights.to(squares.device, torch.float32) @ squares).double()
         lr = (v_hat.sqrt() + eps_hat).reciprocal()
         results.append((lr.var(dim=0), lr.mean(dim=0)))
     (var, mean), (var_limit, _) = results
