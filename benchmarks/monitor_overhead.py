@@ -97,6 +97,7 @@ class TimedMonitor(RectificationMonitor):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.event_seconds: list[float] = []
+        self.event_cpu_seconds: list[float] = []
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -105,10 +106,11 @@ class TimedMonitor(RectificationMonitor):
             probe.history.recorded = self.probe_history
 
     def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         super().on_train_batch_end(trainer, *args)
         if trainer.global_step % (self.logging_interval or INTERVAL) == 0:
             self.event_seconds.append(time.perf_counter() - start)
+            self.event_cpu_seconds.append(time.process_time() - start_cpu)
 
 
 def run(
@@ -161,11 +163,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     times: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
     events: list[float] = []
+    events_cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         # First, so that it also warms the process up (allocator, lazy initializations).
         every_step = TimedMonitor(logging_interval=1)
         run(initial, data, args.event_steps, 0, every_step, Path(tmp) / "events")
         events += every_step.event_seconds
+        events_cpu += every_step.event_cpu_seconds
         probes = every_step._probes.values()
         probe_bytes = sum(p.history.nbytes() + p.positions.nbytes for p in probes)
         probe_coordinates = sum(p.size for p in probes)
@@ -177,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 times[name].append(run(initial, data, steps, args.warmup, monitor, root))
                 if monitor is not None:
                     events += monitor.event_seconds
+                    events_cpu += monitor.event_cpu_seconds
 
     medians = {
         name: [statistics.median(timing[k] for timing in runs) for k in (0, 1)]
@@ -200,11 +205,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"measured overhead ({clock} time): {overhead * 100:+.2f}% of the"
             f" {baseline[k] * 1e3:.1f} ms baseline step"
         )
-    estimate = event / (INTERVAL * baseline[0])
-    print(
-        f"estimated overhead, event / ({INTERVAL} baseline steps of {baseline[0] * 1e3:.1f} ms):"
-        f" {estimate * 100:.2f}%"
-    )
+    event_cpu = statistics.median(events_cpu)
+    print(f"one logging event, process CPU time: {event_cpu * 1e3:.1f} ms (median)")
+    for k, (clock, cost) in enumerate((("wall", event), ("CPU", event_cpu))):
+        estimate = cost / (INTERVAL * baseline[k])
+        print(
+            f"estimated overhead ({clock} time), event / ({INTERVAL} baseline steps of"
+            f" {baseline[k] * 1e3:.1f} ms): {estimate * 100:.2f}%"
+        )
     print(f"probe memory: {probe_bytes / 2**20:.2f} MiB ({probe_coordinates} coordinates)")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
