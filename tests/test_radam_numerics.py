@@ -82,6 +82,19 @@ def test_matches_float64_algorithm_2(
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_matches_float64_algorithm_2_over_140_steps(impl):
+    """Eager steps read their step sizes from blocks of 64 precomputed steps: across the block
+    boundaries (steps 64/65 and 128/129) every step still follows the reference."""
+    params = _params(shapes=[(5, 3), ()])
+    grad_seq = _grads(params, steps=140)
+    options = {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 0.1}
+    actual, _ = _run(params, grad_seq, **options, **IMPLEMENTATIONS[impl])
+    expected = _reference(params, grad_seq, **options)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_threshold_changes_the_first_rectified_step(impl):
     """With beta2 = 0.999, step 5 (rho_5 = 4.996) is rectified with threshold 4 but is an SGD step
     with threshold 5: the two runs agree for 4 steps and differ from step 5 on."""

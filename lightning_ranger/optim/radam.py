@@ -402,35 +402,55 @@ class _Schedule:
     rectify_threshold: float
     degenerate_to_sgd: bool
 
+    @property
+    def shape(self) -> tuple[float, float, float, bool]:
+        """Everything but ``lr``: what the step size factors depend on besides the step."""
+        return (self.beta1, self.beta2, self.rectify_threshold, self.degenerate_to_sgd)
 
-def _step_scales(
-    step: Tensor,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    rectify_threshold: float,
-    degenerate_to_sgd: bool,
+
+def _step_factors(
+    step: Tensor, beta1: float, beta2: float, rectify_threshold: float, degenerate_to_sgd: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(rectified, adaptive_scale, momentum_scale)`` for a float64 tensor of step counts."""
-    lr_over_bias_correction1 = lr / (1.0 - torch.pow(beta1, step))
+    """``(rectified, adaptive, momentum)`` for a float64 tensor of step counts, element-wise: the
+    step sizes are ``lr * adaptive`` where ``rectified`` and ``lr * momentum`` elsewhere."""
+    inverse_bias_correction1 = 1.0 / (1.0 - torch.pow(beta1, step))
     rho_t, r_t = rectification_tensor(step, beta2)
     rectified = rho_t > rectify_threshold
     zero = torch.zeros_like(step)
     sqrt_bias_correction2 = (1.0 - torch.pow(beta2, step)).sqrt()
-    adaptive = torch.where(rectified, lr_over_bias_correction1 * r_t * sqrt_bias_correction2, zero)
-    momentum = torch.where(rectified, zero, lr_over_bias_correction1) if degenerate_to_sgd else zero
+    adaptive = torch.where(rectified, inverse_bias_correction1 * r_t * sqrt_bias_correction2, zero)
+    momentum = torch.where(rectified, zero, inverse_bias_correction1) if degenerate_to_sgd else zero
     return rectified, adaptive, momentum
+
+
+#: Eager steps read the factors of 64 consecutive steps computed at once (see ``_factor_block``).
+_BLOCK = 64
+
+
+@functools.lru_cache(maxsize=64)
+def _factor_block(
+    block: int, beta1: float, beta2: float, rectify_threshold: float, degenerate_to_sgd: bool
+) -> list[tuple[bool, float, float]]:
+    """:func:`_step_factors` of steps ``64 * block + 1`` to ``64 * (block + 1)``, as Python values:
+    one vectorized computation serves 64 eager steps."""
+    steps = torch.arange(block * _BLOCK + 1, (block + 1) * _BLOCK + 1, dtype=torch.float64)
+    factors = _step_factors(steps, beta1, beta2, rectify_threshold, degenerate_to_sgd)
+    return list(zip(*(f.tolist() for f in factors), strict=True))
+
+
+def _eager_factors(
+    step: float, shape: tuple[float, float, float, bool]
+) -> tuple[bool, float, float]:
+    """:func:`_step_factors` of one step count, as Python values."""
+    if step.is_integer() and step >= 1:
+        block, k = divmod(int(step) - 1, _BLOCK)
+        return _factor_block(block, *shape)[k]
+    rectified, adaptive, momentum = _step_factors(torch.tensor(step, dtype=torch.float64), *shape)
+    return bool(rectified), adaptive.item(), momentum.item()
 
 
 def _updates(state_steps: list[Tensor], schedule: _Schedule) -> list[_Update]:
     """Count one more step for every parameter and return how each one moves."""
-    scales = functools.partial(
-        _step_scales,
-        beta1=schedule.beta1,
-        beta2=schedule.beta2,
-        rectify_threshold=schedule.rectify_threshold,
-        degenerate_to_sgd=schedule.degenerate_to_sgd,
-    )
     lr = schedule.lr
     if torch.compiler.is_compiling():
         # Step counts stay tensors (graph inputs): one graph serves every step.
@@ -438,20 +458,20 @@ def _updates(state_steps: list[Tensor], schedule: _Schedule) -> list[_Update]:
         by_index: dict[int, _Update] = {}
         for indices in group_indices(state_steps).values():
             stacked = torch.stack([state_steps[i] for i in indices]).to(torch.float64)
-            rectified, adaptive, momentum = scales(stacked, lr)
+            rectified, adaptive, momentum = _step_factors(stacked, *schedule.shape)
             for k, i in enumerate(indices):
-                by_index[i] = _Update(rectified[k], adaptive[k], momentum[k])
+                by_index[i] = _Update(rectified[k], lr * adaptive[k], lr * momentum[k])
         return [by_index[i] for i in range(len(state_steps))]
     torch._foreach_add_(state_steps, 1.0)
     steps = [s.item() for s in state_steps]
-    # Parameters almost always share one step count: compute each distinct update once.
-    distinct = sorted(set(steps))
     lr_value = lr.item() if isinstance(lr, Tensor) else float(lr)
-    fields = scales(torch.tensor(distinct, dtype=torch.float64), lr_value)
-    update_of = {
-        step: _Update(*values)
-        for step, *values in zip(distinct, *(f.tolist() for f in fields), strict=True)
-    }
+    # Parameters almost always share one step count: compute each distinct update once.
+    update_of = {}
+    for step in set(steps):
+        is_rectified, adaptive_factor, momentum_factor = _eager_factors(step, schedule.shape)
+        update_of[step] = _Update(
+            is_rectified, lr_value * adaptive_factor, lr_value * momentum_factor
+        )
     return [update_of[step] for step in steps]
 
 
