@@ -172,7 +172,17 @@ def test_on_nonfinite_takes_restore_or_raise(value: Any, error: type[Exception])
         Lookahead(on_nonfinite=value)
 
 
-def test_first_nonfinite_finds_nan_and_either_infinity_in_any_dtype() -> None:
+CUDA = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.cuda,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    ],
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])  # a float32 sum each; a foreach norm on CUDA
+def test_first_nonfinite_finds_nan_and_either_infinity_in_any_dtype(device: str) -> None:
     module = nn.ParameterDict(
         {
             "empty": nn.Parameter(torch.zeros(0)),  # an FSDP1 rank's empty slice
@@ -182,18 +192,19 @@ def test_first_nonfinite_finds_nan_and_either_infinity_in_any_dtype() -> None:
             "b": nn.Parameter(torch.ones(2, 3)),
         }
     )
+    module.to(device)
     weights = SlowWeights(module)
-    cpu = torch.device("cpu")
+    where = torch.device(device)
     # Finite, although the float16 values sum to far more than float16 can hold.
-    assert weights.first_nonfinite(cpu).item() == len(weights.names) == 5
+    assert weights.first_nonfinite(where).item() == len(weights.names) == 5
     for bad in (float("nan"), float("inf"), float("-inf")):
         with torch.no_grad():
             module["b"][1, 2] = bad
-        assert weights.names[int(weights.first_nonfinite(cpu))] == "b"
+        assert weights.names[int(weights.first_nonfinite(where))] == "b"
     with torch.no_grad():
         module["b"][1, 2] = 1.0
         module["bf16"][0] = float("nan")
-        assert weights.names[int(weights.first_nonfinite(cpu))] == "bf16"
+        assert weights.names[int(weights.first_nonfinite(where))] == "bf16"
         module["a"][:2] = torch.tensor([float("inf"), float("-inf")])  # a NaN sum
     assert weights.names.index("a") < weights.names.index("bf16")  # ParameterDict sorts
-    assert weights.names[int(weights.first_nonfinite(cpu))] == "a"
+    assert weights.names[int(weights.first_nonfinite(where))] == "a"
