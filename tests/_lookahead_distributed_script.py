@@ -8,7 +8,9 @@ float32 or bf16-true; FSDP1 through ``FSDPStrategy`` on the CPU, each linear lay
 unit, with RAdam or SGD-momentum, in float32 or bf16-mixed) it fits 3 epochs uninterrupted, then 1
 epoch that checkpoints mid-cycle, then resumes that checkpoint to 3 epochs, and saves each rank's
 full fast and slow weights (at the end, and when training starts) to
-``OUT/<variant>_<run>_rank<r>.pt`` for the test to compare.
+``OUT/<variant>_<run>_rank<r>.pt`` for the test to compare. The ``*_nan`` variants (a NaN gradient
+on one rank) and ``fsdp2_meta`` (parameters created on the meta device) fit uninterrupted only;
+``fsdp2_tied`` fits a tied-embedding language model and keeps its sharded checkpoints.
 
 Usage: ``python -m torch.distributed.run --nproc_per_node=2 _lookahead_distributed_script.py OUT
 VARIANT...``
