@@ -248,6 +248,17 @@ def params(module: nn.Module) -> dict[str, Tensor]:
     return {n: p.detach().clone() for n, p in module.named_parameters()}
 
 
+def fast_and_slow(lookahead: Any, model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Copies of the module's fast and slow weights by name, while it holds the fast ones (after a
+    ``final_weights="fast"`` fit); it holds the same fast weights afterwards."""
+    fast = params(model)
+    assert lookahead.show_slow_weights()
+    slow = params(model)
+    lookahead.show_fast_weights()
+    assert_equal(params(model), fast)
+    return fast, slow
+
+
 def assert_close(actual: dict[str, Tensor], expected: dict[str, Tensor], atol: float) -> None:
     assert actual.keys() == expected.keys()
     for name in actual:

@@ -17,6 +17,7 @@ from _lookahead_helpers import (
     assert_close,
     assert_equal,
     batches_of,
+    fast_and_slow,
     make_data,
     make_optimizer,
     make_trainer,
@@ -45,16 +46,6 @@ def _prefixed(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"net.{name}": t for name, t in weights.items()}
 
 
-def _fast_and_slow(lookahead: Lookahead, model: Net) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The module's fast and slow weights after a ``final_weights="fast"`` fit."""
-    fast = params(model)
-    assert lookahead.show_slow_weights()
-    slow = params(model)
-    lookahead.show_fast_weights()
-    assert_equal(params(model), fast)
-    return fast, slow
-
-
 @pytest.mark.parametrize(
     ("optimizer", "k", "alpha", "accumulate"),
     [
@@ -73,7 +64,7 @@ def test_matches_algorithm_1(
     model = Net(optimizer, lr=lr, batch_size=batch_size, n_batches=n_batches, batch_norm=True)
     lookahead = Lookahead(k=k, alpha=alpha, final_weights="fast")
     make_trainer(tmp_path, [lookahead], accumulate_grad_batches=accumulate).fit(model)
-    fast, slow = _fast_and_slow(lookahead, model)
+    fast, slow = fast_and_slow(lookahead, model)
 
     net = TinyNet(batch_norm=True)
     ref_fast, ref_slow = reference_lookahead(
@@ -114,7 +105,7 @@ def test_counts_optimizer_steps_in_manual_optimization(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, [lookahead])
     trainer.fit(model)
     assert trainer.global_step == 28
-    fast, slow = _fast_and_slow(lookahead, model)
+    fast, slow = fast_and_slow(lookahead, model)
 
     net = TinyNet()
     ref_fast, ref_slow = reference_lookahead(
@@ -201,7 +192,7 @@ def _run(
 
 
 def _state(trainer: Any, lookahead: Lookahead, model: Net) -> dict[str, Any]:
-    fast, slow = _fast_and_slow(lookahead, model)
+    fast, slow = fast_and_slow(lookahead, model)
     optimizer = trainer.optimizers[0].state_dict()["state"]
     return {"fast": fast, "slow": slow, "optimizer": optimizer, "step": trainer.global_step}
 
@@ -231,7 +222,7 @@ def test_resume_mid_cycle_is_bit_exact(tmp_path: Path) -> None:
 
 def test_checkpoint_layout_and_load_from_checkpoint(tmp_path: Path) -> None:
     trainer, lookahead = _run(tmp_path, "run", Net("radam"), max_epochs=1)
-    fast, slow = _fast_and_slow(lookahead, trainer.lightning_module)
+    fast, slow = fast_and_slow(lookahead, trainer.lightning_module)
     checkpoint = torch.load(tmp_path / "run" / "epoch=0-step=5.ckpt", weights_only=False)
     assert_equal({n: checkpoint["state_dict"][n] for n in slow}, slow)
     assert_equal(checkpoint[FAST_WEIGHTS_KEY], fast)
@@ -287,7 +278,7 @@ def test_resume_with_a_parameter_frozen_since_warns_and_keeps_it_tracked(tmp_pat
     ):
         _, lookahead = _run(tmp_path, "resumed", frozen, max_epochs=2, ckpt_path=ckpt)
     # Tracked from the checkpoint: the sync at step 6 moved the frozen bias to its slow weights.
-    fast, slow = _fast_and_slow(lookahead, frozen)
+    fast, slow = fast_and_slow(lookahead, frozen)
     assert torch.equal(fast["net.layers.out.bias"], slow["net.layers.out.bias"])
     checkpoint = torch.load(tmp_path / "resumed" / "epoch=1-step=10.ckpt", weights_only=True)
     assert "net.layers.out.bias" in checkpoint["callbacks"]["Lookahead"]["names"]
@@ -364,7 +355,7 @@ def test_resume_from_a_checkpoint_without_lookahead_starts_from_its_weights(tmp_
         k=3,
         alpha=0.5,
     )
-    fast, slow = _fast_and_slow(lookahead, model)
+    fast, slow = fast_and_slow(lookahead, model)
     assert_close(fast, _prefixed(ref_fast), atol=1e-6)
     assert_close(slow, _prefixed(ref_slow), atol=1e-6)
 
@@ -391,7 +382,7 @@ def test_precisions_match_algorithm_1(
     model = Net("sgd", lr=0.02, n_batches=7)
     lookahead = Lookahead(k=3, alpha=0.5, final_weights="fast")
     make_trainer(tmp_path, [lookahead], precision=precision).fit(model)
-    fast, slow = _fast_and_slow(lookahead, model)
+    fast, slow = fast_and_slow(lookahead, model)
     assert all(t.dtype == param_dtype for t in fast.values())
 
     net = TinyNet().to(param_dtype)

@@ -14,9 +14,9 @@ from _lookahead_helpers import (
     assert_close,
     assert_equal,
     batches_of,
+    fast_and_slow,
     make_data,
     make_trainer,
-    params,
     poison,
     reference_lookahead,
 )
@@ -82,14 +82,6 @@ def _reference() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     return {f"net.{n}": t for n, t in fast.items()}, {f"net.{n}": t for n, t in slow.items()}
 
 
-def _fast_and_slow(lookahead: Lookahead, model: NaNGradientNet) -> tuple[dict, dict]:
-    fast = params(model)
-    assert lookahead.show_slow_weights()
-    slow = params(model)
-    lookahead.show_fast_weights()
-    return fast, slow
-
-
 def test_a_nan_gradient_restores_the_fast_weights_as_a_hand_loop_does(tmp_path: Path) -> None:
     model = NaNGradientNet(nan_at_step=NAN_AT_STEP, optimizer="radam")
     lookahead = Lookahead(k=K, alpha=0.5, final_weights="fast")
@@ -101,7 +93,7 @@ def test_a_nan_gradient_restores_the_fast_weights_as_a_hand_loop_does(tmp_path: 
         r"fast weights restart from the slow weights of step 4 .*\(restores so far: 1\)",
     ):
         trainer.fit(model)
-    fast, slow = _fast_and_slow(lookahead, model)
+    fast, slow = fast_and_slow(lookahead, model)
     ref_fast, ref_slow = _reference()
     assert all(torch.isfinite(t).all() for t in ref_fast.values())
     assert_close(fast, ref_fast, atol=1e-6)
@@ -135,7 +127,7 @@ def _fit(
 @pytest.mark.filterwarnings("ignore:.*dirpath has changed")
 def test_a_checkpoint_after_a_restore_resumes_exactly(tmp_path: Path) -> None:
     trainer, lookahead, model = _fit(tmp_path, "full", EPOCHS)
-    uninterrupted = (*_fast_and_slow(lookahead, model), trainer.optimizers[0].state_dict())
+    uninterrupted = (*fast_and_slow(lookahead, model), trainer.optimizers[0].state_dict())
 
     # Epoch 1 ends at step 10: after the restore at step 8, 2 steps into the next cycle.
     _fit(tmp_path, "first", 2)
@@ -145,7 +137,7 @@ def test_a_checkpoint_after_a_restore_resumes_exactly(tmp_path: Path) -> None:
 
     trainer, lookahead, model = _fit(tmp_path, "resumed", EPOCHS, ckpt_path=ckpt)
     assert lookahead.restores == 1
-    fast, slow = _fast_and_slow(lookahead, model)
+    fast, slow = fast_and_slow(lookahead, model)
     assert_equal(fast, uninterrupted[0])
     assert_equal(slow, uninterrupted[1])
     for key, value in trainer.optimizers[0].state_dict()["state"].items():

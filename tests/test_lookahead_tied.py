@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from _lookahead_helpers import TiedLM, assert_equal, make_trainer
+from _lookahead_helpers import TiedLM, assert_equal, fast_and_slow, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY, Lookahead
@@ -33,11 +33,7 @@ def _fit(tmp_path: Path, name: str, max_epochs: int, ckpt_path: Any = None) -> t
     )
     trainer.fit(model, ckpt_path=ckpt_path)
     assert model.out.weight is model.emb.weight
-    fast = {n: p.detach().clone() for n, p in model.named_parameters()}
-    lookahead.show_slow_weights()
-    slow = {n: p.detach().clone() for n, p in model.named_parameters()}
-    lookahead.show_fast_weights()
-    return fast, slow
+    return fast_and_slow(lookahead, model)
 
 
 def test_every_key_of_a_tied_weight_holds_the_slow_weights(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from _lookahead_helpers import (
     assert_close,
     assert_equal,
     batches_of,
+    fast_and_slow,
     make_data,
     make_trainer,
     params,
@@ -58,11 +59,7 @@ def _fit(tmp_path: Path, name: str, max_epochs: int, ckpt_path: Any = None) -> t
         tmp_path / name, [lookahead, checkpoint], max_epochs=max_epochs, enable_checkpointing=True
     )
     trainer.fit(model, ckpt_path=ckpt_path)
-    fast = params(model)
-    lookahead.show_slow_weights()
-    slow = params(model)
-    lookahead.show_fast_weights()
-    return fast, slow
+    return fast_and_slow(lookahead, model)
 
 
 def test_a_parameter_unfrozen_after_the_start_is_tracked_from_the_next_sync(
