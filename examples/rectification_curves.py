@@ -7,7 +7,10 @@ event files back with tensorboard's ``EventAccumulator`` and draws, per group:
 
 - ``rho_t`` and the ``rectify_threshold`` it has to pass before RAdam rectifies;
 - ``r_t`` and the linear warmup ``min(1, t / (2 / (1 - beta2)))`` the paper compares it to;
-- mean and variance of the adaptive learning rate ``l_t = sqrt(1 - beta2^t) / (sqrt(v_t) + eps)``.
+- the variance of the adaptive learning rate ``l_t = sqrt(1 - beta2^t) / (sqrt(v_t) + eps)`` over
+  the draw of the minibatches against its limit, next to ``1 / r_t^2`` and to RAdam's rectified
+  ratio ``r_t^2`` times it;
+- the quantiles p05, p50, p95 of ``l_t`` over the weights.
 
 The same logs open in TensorBoard (scalars, the *Custom Scalars* layout, histograms)::
 
@@ -17,7 +20,7 @@ Run::
 
     python examples/rectification_curves.py [--steps 2000] [--out docs/rectification_curves.png]
 
-One to two minutes on 2 CPU cores (2000 steps, every one logged).
+One to two minutes on 2 CPU cores (2000 steps, every 5th logged).
 """
 
 from __future__ import annotations
@@ -107,20 +110,31 @@ def plot(event_dir: Path, out: Path) -> None:
         return [p.step for p in points], [p.value for p in points]
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
-    (rho, r), (mean, var) = axes
+    (rho, r), (ratio, spread) = axes
     for group, beta2 in GROUPS.items():
         color, label = COLORS[group], f"{group} (beta2={beta2})"
         rho.plot(*series("rho_t", group), color=color, label=f"rho_t, {label}")
         r.plot(*series("r_t", group), color=color, label=f"r_t, {label}")
         r.plot(*series("r_t_linear_warmup", group), "--", color=color, label="linear warmup")
-        mean.plot(*series("adaptive_lr_mean", group), color=color, label=label)
-        var.plot(*series("adaptive_lr_var", group), color=color, label=label)
+        ratio.plot(*series("adaptive_lr_var_ratio", group), color=color, label=f"ratio, {label}")
+        ratio.plot(
+            *series("adaptive_lr_var_ratio_gaussian", group), "--", color=color, label="1 / r_t^2"
+        )
+        ratio.plot(*series("rectified_var_ratio", group), ":", color=color, label="r_t^2 x ratio")
+        for q, style in (("p05", ":"), ("p50", "-"), ("p95", "--")):
+            spread.plot(
+                *series(f"adaptive_lr_{q}", group), style, color=color, label=f"{q}, {label}"
+            )
     steps, threshold = series("rho_t_threshold", "hidden")
     rho.plot(steps, threshold, ":", color="black", label="rectify_threshold")
     rho.set(title="rho_t: length of the approximated SMA", yscale="log")
     r.set(title="r_t: variance rectification", ylim=(0, 1.05))
-    mean.set(title="adaptive lr l_t: mean", yscale="log", xlabel="optimizer step")
-    var.set(title="adaptive lr l_t: population variance", yscale="log", xlabel="optimizer step")
+    ratio.set(
+        title="Var_draws[l_t] / Var[l_limit] (median over the probe)",
+        yscale="log",
+        xlabel="optimizer step",
+    )
+    spread.set(title="l_t over the weights: quantiles", yscale="log", xlabel="optimizer step")
     for ax in axes.flat:
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
@@ -135,7 +149,7 @@ def plot(event_dir: Path, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--interval", type=int, default=1, help="logging interval (steps)")
+    parser.add_argument("--interval", type=int, default=5, help="logging interval (steps)")
     parser.add_argument("--logdir", type=Path, default=Path("lightning_logs/rectification_curves"))
     parser.add_argument("--out", type=Path, default=Path("docs/rectification_curves.png"))
     args = parser.parse_args()

@@ -93,11 +93,13 @@ def claim_monitored_variance(
     for lr in adam_lrs:
         ratio = online.get("adam", lr, "adaptive_lr_var_ratio")
         last = max(ratio, default=0)
-        text = f"lr {lr:g}: Adam's Var_draws[l_t]/Var[l_limit] is {_at(ratio, at)}"
+        text = f"lr {lr:g}: Adam's Var_draws[l_t]/Var[l_limit] is {_at(ratio, (2, *at))}"
         if last < steps:
             text += (
-                f" (the estimate stops after t={last}: no probe coordinate kept a nonzero "
-                "gradient at every step, the run dies)"
+                f", then {ratio[last]:.3g} at t={last}, where the estimate stops: no probe "
+                "coordinate kept a nonzero gradient at every step (the run dies)"
+                if last
+                else ": not estimated"
             )
         elif ratio.get(10, 0.0) > 5 and ratio.get(100, math.inf) < 2:
             shown = True
