@@ -22,7 +22,9 @@ import torch
 
 pytest.importorskip("expecttest", reason="torch.testing._internal needs expecttest (dev extra)")
 
-from torch.testing._internal.common_optimizers import (
+_FLAGS_WERE_FROZEN = torch.backends.flags_frozen()
+
+from torch.testing._internal.common_optimizers import (  # noqa: E402
     OptimizerErrorEnum,
     OptimizerInfo,
     TensorTracker,
@@ -30,7 +32,13 @@ from torch.testing._internal.common_optimizers import (
     optim_db,
 )
 
-from lightning_ranger import RAdam
+if not _FLAGS_WERE_FROZEN:
+    # Importing torch.testing._internal freezes torch.backends' flags (for torch's own suite);
+    # the other tests of this process set them (Trainer(benchmark=...)): thaw them again. The
+    # flag is a global of torch/backends/__init__.py, which sys.modules holds behind a proxy.
+    torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+
+from lightning_ranger import RAdam  # noqa: E402
 
 DEVICE = "cpu"
 TORCH_RADAM = next(info for info in optim_db if info.optim_cls is torch.optim.RAdam)
@@ -49,6 +57,11 @@ OWN_WORDING = {
     "beta1 should be between 0 and 1": "`betas[0]`",
     "weight_decay should > 0": "`weight_decay`",
 }
+
+
+def test_the_torch_test_machinery_leaves_backend_flags_settable():
+    """Other tests in this process set ``torch.backends`` flags after this module is imported."""
+    assert _FLAGS_WERE_FROZEN or not torch.backends.flags_frozen()
 
 
 class _Checks:
