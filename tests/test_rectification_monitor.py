@@ -454,6 +454,17 @@ def test_probe_records_the_gradients_the_optimizer_used(tmp_path):
     )
 
 
+def test_probe_records_unscaled_gradients_under_16_mixed(tmp_path):
+    """16-mixed (CPU GradScaler, scale 65536): the probe holds the unscaled gradients, those that
+    ``on_before_optimizer_step`` sees, whole (probe of every coordinate)."""
+    recorder = Recorder()
+    monitor = RectificationMonitor(logging_interval=4, probe_size=100)
+    fit(tmp_path, Regressor(), monitor, 4, callbacks_first=[recorder], precision="16-mixed")
+    (probe,) = monitor._probes.values()
+    norms = probe.history.pool.double().norm(dim=1)
+    np.testing.assert_allclose(norms.numpy(), recorder.norms, rtol=1e-6)
+
+
 class Faults(Callback):
     """NaN and inf into ``exp_avg_sq`` after step ``at``, a NaN gradient coordinate at the next."""
 
