@@ -1,9 +1,9 @@
 """Claim 1 in the paper's own terms: the variance of Adam's adaptive learning rate over the random
 draw of the minibatches, measured at fixed weights.
 
-RectificationMonitor logs the spread of ``l_t`` over the *parameters* of one run. The paper's claim
-is about the variance of ``l_t`` for one parameter over the *gradient samples* it was computed
-from: with ``v_t`` estimated from few gradients (``t`` small), ``l_t`` is a heavy-tailed random
+The paper's claim is about the variance of ``l_t`` for one parameter over the *gradient samples*
+it was computed from (RectificationMonitor estimates it online, from the gradients of one run):
+with ``v_t`` estimated from few gradients (``t`` small), ``l_t`` is a heavy-tailed random
 variable, and ``r_t`` is derived so that ``r_t^2 Var[l_t]`` equals the variance reached once
 ``v_t`` has seen many gradients. This module measures that at fixed (initial) weights: it computes
 a pool of minibatch gradients, draws ``replicas`` independent sequences of ``t`` of them, runs
