@@ -25,7 +25,7 @@ import inspect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import torch
 from torch import Tensor
@@ -523,11 +523,9 @@ def radam(
         )
         return
     updates = _updates(state_steps, schedule)
-    if torch.compiler.is_compiling():
-        impl = _traced_radam
-    else:
+    if not torch.compiler.is_compiling():
         lr = lr.item() if isinstance(lr, Tensor) else lr
-        impl = _multi_tensor_radam if foreach else _single_tensor_radam
+    impl = _multi_tensor_radam if foreach else _single_tensor_radam
     impl(
         params,
         grads,
@@ -546,6 +544,13 @@ def radam(
 def _is_set(value: float | Tensor) -> bool:
     """Whether a scale may be non-zero: a tensor (compiled; unknown until run) or a float != 0."""
     return isinstance(value, Tensor) or value != 0.0
+
+
+def _traced_rate(update: _Update, denom: Tensor) -> Tensor:
+    """What multiplies ``m`` in ``p -= rate * m`` while compiling, when the update's fields are
+    tensors: both branches are computed and ``torch.where`` selects one in the graph."""
+    rectified, momentum_scale = cast(Tensor, update.rectified), cast(Tensor, update.momentum_scale)
+    return torch.where(rectified, update.adaptive_scale / denom, momentum_scale)
 
 
 def _opmath(tensors: list[Tensor]) -> list[Tensor]:
@@ -625,11 +630,6 @@ def _single_tensor_radam(
                 original.copy_(computed)
 
 
-#: Under ``torch.compile`` the foreach and per-tensor implementations trace the same per-tensor
-#: step; inductor fuses it.
-_traced_radam = _single_tensor_radam
-
-
 def _multi_tensor_radam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -664,6 +664,13 @@ def _multi_tensor_radam(
         del g
 
         ups = [updates[i] for i in indices]
+        if isinstance(ups[0].rectified, Tensor):  # compiling: both branches, selected in-graph
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_add_(denom, eps)
+            rates = [_traced_rate(u, d) for u, d in zip(ups, denom, strict=True)]
+            torch._foreach_mul_(rates, m)
+            torch._foreach_sub_(p, rates)
+            ups = []
         adaptive = [j for j, u in enumerate(ups) if u.rectified]
         if adaptive:
             denom = torch._foreach_sqrt([v[j] for j in adaptive])
