@@ -549,8 +549,12 @@ def _is_set(value: float | Tensor) -> bool:
 def _traced_rate(update: _Update, denom: Tensor) -> Tensor:
     """What multiplies ``m`` in ``p -= rate * m`` while compiling, when the update's fields are
     tensors: both branches are computed and ``torch.where`` selects one in the graph."""
-    rectified, momentum_scale = cast(Tensor, update.rectified), cast(Tensor, update.momentum_scale)
-    return torch.where(rectified, update.adaptive_scale / denom, momentum_scale)
+    # The scales in the dtype of the arithmetic, as the eager kernels take Python numbers in it.
+    adaptive_scale, momentum_scale = (
+        cast(Tensor, scale).to(denom.dtype)
+        for scale in (update.adaptive_scale, update.momentum_scale)
+    )
+    return torch.where(cast(Tensor, update.rectified), adaptive_scale / denom, momentum_scale)
 
 
 def _opmath(tensors: list[Tensor]) -> list[Tensor]:
