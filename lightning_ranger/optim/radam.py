@@ -691,9 +691,10 @@ def _multi_tensor_radam(
                 [m[j] for j in momentum], [-float(ups[j].momentum_scale) for j in momentum]
             )
             torch._foreach_add_([p[j] for j in momentum], steps)
-        if low_precision:
-            for original, computed in zip(originals, (p, m, v), strict=True):
-                torch._foreach_copy_(original, computed)
+        if low_precision:  # one copy per tensor: DTensors (FSDP2) have no _foreach_copy_
+            for originals_of_kind, computed_of_kind in zip(originals, (p, m, v), strict=True):
+                for original, computed in zip(originals_of_kind, computed_of_kind, strict=True):
+                    original.copy_(computed)
 
 
 @torch.compiler.disable
