@@ -27,3 +27,18 @@ def run_two_processes(script: Path, *args: str, timeout: float) -> None:
         timeout=timeout,
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-10000:]
+
+
+def leave_process_group() -> None:
+    """End a script run by :func:`run_two_processes`: both ranks leave the process group together,
+    then exit without the interpreter's shutdown, where threads that the process group's backend
+    leaves behind can abort the process ("terminate called without an active exception") after
+    all the work is done."""
+    import torch.distributed
+
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -216,6 +216,7 @@ def main(out: Path, variants: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from _launch import leave_process_group
+
     main(Path(sys.argv[1]), sys.argv[2:])
-    # Both ranks leave the process group together rather than in their interpreters' shutdown.
-    torch.distributed.destroy_process_group()
+    leave_process_group()

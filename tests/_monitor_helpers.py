@@ -262,4 +262,7 @@ def _distributed_main(out: Path) -> None:
 
 
 if __name__ == "__main__":
+    from _launch import leave_process_group
+
     _distributed_main(Path(sys.argv[1]))
+    leave_process_group()

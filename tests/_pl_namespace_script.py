@@ -59,8 +59,8 @@ def fit(out: Path, variant: str) -> None:
 
 
 if __name__ == "__main__":
+    from _launch import leave_process_group
+
     for name in sys.argv[2:]:
         fit(Path(sys.argv[1]), name)
-    # A process group left to interpreter shutdown can abort there ("terminate called without an
-    # active exception").
-    torch.distributed.destroy_process_group()
+    leave_process_group()

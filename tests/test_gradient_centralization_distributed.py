@@ -132,4 +132,7 @@ def test_dtensor_placements_match_full_tensors(out: Path) -> None:
 
 
 if __name__ == "__main__":
+    from _launch import leave_process_group
+
     main(Path(sys.argv[1]))
+    leave_process_group()
