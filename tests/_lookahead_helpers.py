@@ -343,3 +343,24 @@ def _slow_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def batches_of(dataset: TensorDataset, batch_size: int) -> list[tuple[Tensor, Tensor]]:
     return [(x, y) for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
+
+
+def tiny_radam_reference(
+    net: TinyNet, *, epochs: int, k: int, **hooks: Callable[[int], None] | None
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """:func:`reference_lookahead` of ``net`` under ``RAdam(lr=0.05)``, ``alpha=0.5``, on
+    ``make_data(20)`` in batches of 4 (the data and optimizer of :class:`Net`'s default run),
+    keyed as the LightningModule names the parameters (``net.`` prefix). ``hooks`` are
+    ``before_step`` and ``before_epoch``."""
+    from lightning_ranger import RAdam
+
+    fast, slow = reference_lookahead(
+        net,
+        [RAdam(net.parameters(), lr=0.05)],
+        batches_of(make_data(20), 4),
+        epochs=epochs,
+        k=k,
+        alpha=0.5,
+        **hooks,
+    )
+    return {f"net.{n}": t for n, t in fast.items()}, {f"net.{n}": t for n, t in slow.items()}

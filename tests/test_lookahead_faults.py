@@ -13,19 +13,16 @@ from _lookahead_helpers import (
     TinyNet,
     assert_close,
     assert_equal,
-    batches_of,
     fast_and_slow,
-    make_data,
     make_trainer,
     poison,
-    reference_lookahead,
+    tiny_radam_reference,
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch import nn
 from typing_extensions import override
 
-from lightning_ranger import RAdam
 from lightning_ranger.callbacks._slow_weights import SlowWeights
 from lightning_ranger.callbacks.lookahead import RESTORES_METRIC, Lookahead
 
@@ -70,16 +67,7 @@ def _reference() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
             assert bias.grad is not None
             poison(bias.grad)
 
-    fast, slow = reference_lookahead(
-        net,
-        [RAdam(net.parameters(), lr=0.05)],
-        batches_of(make_data(20), 4),
-        epochs=EPOCHS,
-        k=K,
-        alpha=0.5,
-        before_step=before_step,
-    )
-    return {f"net.{n}": t for n, t in fast.items()}, {f"net.{n}": t for n, t in slow.items()}
+    return tiny_radam_reference(net, epochs=EPOCHS, k=K, before_step=before_step)
 
 
 def test_a_nan_gradient_restores_the_fast_weights_as_a_hand_loop_does(tmp_path: Path) -> None:

@@ -27,10 +27,9 @@ from _lookahead_helpers import (
     TinyNet,
     assert_close,
     assert_equal,
-    batches_of,
     make_data,
     params,
-    reference_lookahead,
+    tiny_radam_reference,
 )
 from _pl_helpers import (
     NAMESPACES,
@@ -44,7 +43,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
 
-from lightning_ranger import RAdam, RangerConfig, RangerMixin
+from lightning_ranger import RangerConfig, RangerMixin
 from lightning_ranger._namespaces import lightning_classes, lightning_isinstance
 from lightning_ranger.callbacks import (
     GradientCentralization,
@@ -280,15 +279,7 @@ def _record(out: Path, variant: str, rank: int) -> dict:
 def reference() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One process on the full batches of 4 (each rank takes half of each), one epoch."""
     net = TinyNet()
-    fast, slow = reference_lookahead(
-        net,
-        [RAdam(net.parameters(), lr=0.05)],
-        batches_of(make_data(20), 4),
-        epochs=1,
-        k=3,
-        alpha=0.5,
-    )
-    return {f"net.{n}": t for n, t in fast.items()}, {f"net.{n}": t for n, t in slow.items()}
+    return tiny_radam_reference(net, epochs=1, k=3)
 
 
 @pytest.mark.distributed
