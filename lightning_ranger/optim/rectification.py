@@ -18,6 +18,10 @@ __all__ = ["rectification", "rectification_tensor", "rho_inf"]
 #: Below this length of the approximated SMA, r_t is undefined (its radicand changes sign).
 MIN_RECTIFY_THRESHOLD = 4.0
 
+#: RAdam's default ``rectify_threshold``: rectify once the approximated SMA is longer than 5, as the
+#: paper's Algorithm 2 and torch's RAdam do (used for any param group that has no threshold).
+DEFAULT_RECTIFY_THRESHOLD = 5.0
+
 
 def _check_beta2(beta2: float) -> float:
     if isinstance(beta2, bool) or not isinstance(beta2, (int, float)):
