@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar, overload
 
 from lightning_ranger._utils import is_real
 
@@ -21,6 +21,19 @@ def _with(accepted: str, meaning: str | None, optional: bool) -> str:
     return accepted + (" or None" if optional else "")
 
 
+@overload
+def check_int(
+    name: str,
+    value: object,
+    *,
+    minimum: int = ...,
+    meaning: str | None = ...,
+    optional: Literal[False] = ...,
+) -> int: ...
+@overload
+def check_int(
+    name: str, value: object, *, minimum: int = ..., meaning: str | None = ..., optional: bool
+) -> int | None: ...
 def check_int(
     name: str,
     value: object,
@@ -100,6 +113,10 @@ def check_real(
     return float(value)
 
 
+@overload
+def check_bool(name: str, value: object, *, optional: Literal[False] = ...) -> bool: ...
+@overload
+def check_bool(name: str, value: object, *, optional: bool) -> bool | None: ...
 def check_bool(name: str, value: object, *, optional: bool = False) -> bool | None:
     """``value`` if it is a ``bool`` (or ``None`` when ``optional``).
 
