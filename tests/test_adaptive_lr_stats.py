@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _monitor_helpers import events, scalars, trainer
+from helpers.monitor import events, scalars, trainer
 from lightning.pytorch import LightningModule
 from sklearn.datasets import load_digits
 from torch import nn

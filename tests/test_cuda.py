@@ -12,18 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from _lookahead_helpers import Net
-from test_gradient_centralization import _gradients, centralized
-from test_lookahead import _assert_same_state, _run, _state
-from test_radam_numerics import IMPLEMENTATIONS, _grads, _params, _reference
+from helpers.asserts import assert_same_state
+from helpers.data import (
+    IMPLEMENTATIONS,
+    gradient_sequence,
+    gradients_of_many_layouts,
+    random_params,
+)
+from helpers.models import Net
+from helpers.references import centralized, reference_radam
+from helpers.trainers import fit_lookahead, lookahead_state
 
 from lightning_ranger import RAdam
 from lightning_ranger.callbacks.gradient_centralization import centralize_gradients
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = pytest.mark.cuda
 
 CUDA = torch.device("cuda")
 
@@ -55,12 +58,12 @@ def test_radam_on_cuda_matches_float64_algorithm_2(
         "weight_decay": 0.0 if weight_decay == "none" else 0.1,
         "decoupled_weight_decay": weight_decay == "decoupled",
     }
-    params = _params()
-    grad_seq = _grads(params, steps=25)
+    params = random_params()
+    grad_seq = gradient_sequence(params, steps=25)
     actual = _run_on_cuda(
         [p.to(dtype) for p in params], grad_seq, **options, **IMPLEMENTATIONS[impl]
     )
-    expected = _reference([p.to(dtype).double() for p in params], grad_seq, **options)
+    expected = reference_radam([p.to(dtype).double() for p in params], grad_seq, **options)
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
 
@@ -70,10 +73,10 @@ def test_radam_on_cuda_matches_float64_algorithm_2(
 def test_radam_on_cuda_in_half_precision_follows_the_float64_reference(
     impl: str, dtype: torch.dtype
 ) -> None:
-    params = [p.to(dtype) for p in _params()]
-    grad_seq = _grads(params, steps=12)
+    params = [p.to(dtype) for p in random_params()]
+    grad_seq = gradient_sequence(params, steps=12)
     actual = _run_on_cuda(params, grad_seq, lr=1e-2, **IMPLEMENTATIONS[impl])
-    expected = _reference(params, grad_seq, lr=1e-2)
+    expected = reference_radam(params, grad_seq, lr=1e-2)
     eps = torch.finfo(dtype).eps
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=8 * eps, atol=12 * 1e-2 * eps)
@@ -83,7 +86,7 @@ def test_radam_on_cuda_in_half_precision_follows_the_float64_reference(
 def test_gradient_centralization_on_cuda_matches_the_hand_loop(
     dtype: torch.dtype, atol: float
 ) -> None:
-    grads = [g.to(CUDA) for g in _gradients(dtype)]
+    grads = [g.to(CUDA) for g in gradients_of_many_layouts(dtype)]
     expected = [centralized(g) for g in grads]
     centralize_gradients(grads)
     for g, e in zip(grads, expected, strict=True):
@@ -95,10 +98,12 @@ def test_lookahead_resume_mid_cycle_on_a_gpu_is_bit_exact(tmp_path: Path, precis
     """As the CPU test: 3 epochs uninterrupted against 1 epoch, then a resume from its mid-cycle
     checkpoint into a module with other weights (16-mixed: with the GradScaler's state)."""
     gpu = {"accelerator": CUDA.type, "devices": 1, "precision": precision}
-    trainer, lookahead = _run(tmp_path, "full", Net("radam"), max_epochs=3, **gpu)
-    uninterrupted = _state(trainer, lookahead, trainer.lightning_module)
-    _run(tmp_path, "first", Net("radam"), max_epochs=1, **gpu)
+    trainer, lookahead = fit_lookahead(tmp_path, "full", Net("radam"), max_epochs=3, **gpu)
+    uninterrupted = lookahead_state(trainer, lookahead, trainer.lightning_module)
+    fit_lookahead(tmp_path, "first", Net("radam"), max_epochs=1, **gpu)
     ckpt = tmp_path / "first" / "epoch=0-step=5.ckpt"
     resumed = Net("radam", seed=7)
-    trainer, lookahead = _run(tmp_path, "resumed", resumed, max_epochs=3, ckpt_path=ckpt, **gpu)
-    _assert_same_state(_state(trainer, lookahead, resumed), uninterrupted)
+    trainer, lookahead = fit_lookahead(
+        tmp_path, "resumed", resumed, max_epochs=3, ckpt_path=ckpt, **gpu
+    )
+    assert_same_state(lookahead_state(trainer, lookahead, resumed), uninterrupted)

@@ -4,69 +4,33 @@ GradScaler that skips a step), and bad input."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest.mock import Mock
 
 import pytest
 import torch
-from _lookahead_helpers import Net, TinyNet, assert_close, batches_of, make_data, make_trainer
+from helpers.asserts import assert_close
+from helpers.data import batches_of, gradients_of_many_layouts, make_data
+from helpers.models import Net, TinyNet
+from helpers.references import (
+    GC_LR,
+    centralized,
+    reference_gradient_centralization,
+)
+from helpers.trainers import make_trainer
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor, nn
 
-from lightning_ranger import RAdam
 from lightning_ranger.callbacks.gradient_centralization import (
     CPU_BLOCK_NUMEL,
     GradientCentralization,
     centralize_gradients,
 )
 
-LR = 0.05
-
-
-def hand_centralize(grads: list[Tensor]) -> None:
-    """The formula, one tensor at a time: subtract the mean over all dims but the first (over the
-    whole tensor for a 1-D one)."""
-    for g in grads:
-        dims = tuple(range(1, g.ndim))
-        g.sub_(g.mean(dim=dims, keepdim=True) if dims else g.mean())
-
-
-def centralized(g: Tensor) -> Tensor:
-    out = g.clone()
-    hand_centralize([out])
-    return out
-
-
 # ---------------------------------------------------------------- the formula
-
-
-def _gradients(dtype: torch.dtype) -> list[Tensor]:
-    """Gradients of many shapes and layouts (values of order 1 plus an offset per channel)."""
-    g = torch.Generator().manual_seed(0)
-
-    def make(*shape: int) -> Tensor:
-        offset = torch.randn(shape[0], *([1] * (len(shape) - 1)), generator=g, dtype=dtype)
-        return torch.randn(*shape, generator=g, dtype=dtype) + 3 * offset
-
-    return [
-        make(8, 3, 3, 3),  # conv2d
-        make(6, 4, 5),  # conv1d
-        make(2, 3, 2, 2, 2),  # conv3d
-        make(5, 7),  # linear
-        make(600, 700),  # larger than a block
-        make(16, 4, 3, 3).to(memory_format=torch.channels_last),
-        make(7, 5).t(),  # dim 0 is not outermost in memory
-        make(9, 20)[:, ::2],  # not dense
-        make(1, 10),
-        make(10, 1),  # each channel a single element: zeroed
-        make(11),  # 1-D: the whole mean
-        make(22)[::2],
-        torch.empty(0, 3, dtype=dtype),
-    ]
 
 
 @pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 2e-6), (torch.float64, 1e-14)])
@@ -74,7 +38,7 @@ def _gradients(dtype: torch.dtype) -> list[Tensor]:
 def test_matches_the_hand_loop(
     dtype: torch.dtype, atol: float, cpu_block_numel: int | None
 ) -> None:
-    grads = _gradients(dtype)
+    grads = gradients_of_many_layouts(dtype)
     expected = [centralized(g) for g in grads]
     storage = [(g.data_ptr(), g.stride()) for g in grads]
     centralize_gradients(grads, cpu_block_numel)
@@ -89,7 +53,7 @@ def test_matches_the_hand_loop(
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_16_bit_gradients_get_a_float32_mean(dtype: torch.dtype) -> None:
-    grads = _gradients(dtype)
+    grads = gradients_of_many_layouts(dtype)
     # The exact result in float64, rounded once to the gradient's dtype.
     expected = [centralized(g.double()).to(dtype) for g in grads]
     centralize_gradients(grads)
@@ -211,53 +175,6 @@ class Recorder(Callback):
         self.params.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
 
 
-def reference_run(
-    net: nn.Module,
-    batches: list[tuple[Tensor, Tensor]],
-    *,
-    epochs: int,
-    accumulate: int = 1,
-    min_ndim: int = 2,
-    include_linear: bool = True,
-    autocast: torch.dtype | None = None,
-    input_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    after_backward: Callable[[nn.Module, int], None] | None = None,
-    optimizer_class: type[torch.optim.Optimizer] = RAdam,
-) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
-    """RAdam with Gradient Centralization in plain PyTorch, stepping as Lightning does (every
-    ``accumulate`` batches and at an epoch's last batch, loss divided by ``accumulate``); with a
-    ``scaler``, the gradients are unscaled before they are centralized. Returns the parameters
-    (named as in the LightningModule) and each step's centralized gradients."""
-    optimizer = optimizer_class(net.parameters(), lr=LR)
-    threshold = min_ndim if include_linear else max(min_ndim, 3)
-    step, grads = 0, []
-    net.train()
-    for _ in range(epochs):
-        for i, (x, y) in enumerate(batches):
-            if input_dtype is not None:
-                x, y = x.to(input_dtype), y.to(input_dtype)
-            with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=bool(autocast)):
-                loss = nn.functional.mse_loss(net(x), y) / accumulate
-            (loss if scaler is None else scaler.scale(loss)).backward()
-            if after_backward is not None:
-                after_backward(net, step)
-            if (i + 1) % accumulate == 0 or i == len(batches) - 1:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                with torch.no_grad():
-                    hand_centralize([p.grad for p in net.parameters() if p.ndim >= threshold])
-                grads.append({f"net.{n}": p.grad.clone() for n, p in net.named_parameters()})
-                if scaler is None:
-                    optimizer.step()
-                else:
-                    scaler.step(optimizer)
-                    scaler.update()
-                optimizer.zero_grad()
-                step += 1
-    return {f"net.{n}": p.detach().clone() for n, p in net.named_parameters()}, grads
-
-
 def _fit(tmp_path: Path, model: Net, *callbacks: Callback, **kwargs: Any) -> Recorder:
     recorder = Recorder()
     make_trainer(tmp_path, [*callbacks, recorder], **kwargs).fit(model)
@@ -275,10 +192,10 @@ def _weights(model: Net) -> dict[str, Tensor]:
 def test_lightning_run_matches_plain_pytorch(
     tmp_path: Path, min_ndim: int, include_linear: bool, accumulate: int, batch_norm: bool
 ) -> None:
-    model = Net("radam", lr=LR, n_batches=7, batch_norm=batch_norm)
+    model = Net("radam", lr=GC_LR, n_batches=7, batch_norm=batch_norm)
     callback = GradientCentralization(min_ndim=min_ndim, include_linear=include_linear)
     recorder = _fit(tmp_path, model, callback, accumulate_grad_batches=accumulate)
-    expected, grads = reference_run(
+    expected, grads = reference_gradient_centralization(
         TinyNet(batch_norm=batch_norm),
         batches_of(make_data(28), 4),
         epochs=2,
@@ -291,7 +208,7 @@ def test_lightning_run_matches_plain_pytorch(
         assert_close(got, want, atol=1e-6)
     assert_close(_weights(model), expected, atol=1e-6)
     if include_linear and min_ndim == 2:  # the centralization changed the trajectory
-        plain, _ = reference_run(
+        plain, _ = reference_gradient_centralization(
             TinyNet(batch_norm=batch_norm),
             batches_of(make_data(28), 4),
             epochs=2,
@@ -302,9 +219,9 @@ def test_lightning_run_matches_plain_pytorch(
 
 
 def test_accumulating_two_half_batches_equals_one_full_batch(tmp_path: Path) -> None:
-    full = Net("radam", lr=LR, batch_size=4, n_batches=5)
+    full = Net("radam", lr=GC_LR, batch_size=4, n_batches=5)
     _fit(tmp_path / "full", full, GradientCentralization(), max_epochs=3)
-    halves = Net("radam", lr=LR, batch_size=2, n_batches=10)
+    halves = Net("radam", lr=GC_LR, batch_size=2, n_batches=10)
     recorder = _fit(
         tmp_path / "halves",
         halves,
@@ -336,10 +253,10 @@ def test_precisions_match_plain_pytorch(
     input_dtype: torch.dtype | None,
     atol: float,
 ) -> None:
-    model = Net("radam", lr=LR, n_batches=7)
+    model = Net("radam", lr=GC_LR, n_batches=7)
     recorder = _fit(tmp_path, model, GradientCentralization(), precision=precision)
     net = TinyNet().to(input_dtype or torch.float32)
-    expected, grads = reference_run(
+    expected, grads = reference_gradient_centralization(
         net, batches_of(make_data(28), 4), epochs=2, autocast=autocast, input_dtype=input_dtype
     )
     got = _weights(model)
@@ -366,7 +283,7 @@ def test_16_mixed_centralizes_unscaled_gradients_and_skipped_steps_stay_skipped(
     """``precision="16-mixed"`` on the CPU: Lightning's flag falls back to bf16-mixed there, so the
     plugin is passed explicitly, with a float16 GradScaler on the CPU."""
     init_scale = 2.0**10
-    model = Net("radam", lr=LR, n_batches=7)
+    model = Net("radam", lr=GC_LR, n_batches=7)
     plugin = MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=init_scale))
     recorder = _fit(tmp_path, model, InjectInf(), GradientCentralization(), plugins=[plugin])
 
@@ -375,7 +292,7 @@ def test_16_mixed_centralizes_unscaled_gradients_and_skipped_steps_stay_skipped(
             net.layers["inp"].weight.grad[0, 0] = float("inf")
 
     scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
-    expected, grads = reference_run(
+    expected, grads = reference_gradient_centralization(
         TinyNet(),
         batches_of(make_data(28), 4),
         epochs=2,
@@ -400,7 +317,7 @@ def test_16_mixed_centralizes_unscaled_gradients_and_skipped_steps_stay_skipped(
 
 class FusedAdamNet(Net):
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=LR, fused=True)
+        return torch.optim.Adam(self.parameters(), lr=GC_LR, fused=True)
 
 
 def test_16_mixed_with_an_optimizer_that_unscales_itself(tmp_path: Path) -> None:
@@ -410,7 +327,7 @@ def test_16_mixed_with_an_optimizer_that_unscales_itself(tmp_path: Path) -> None
     model = FusedAdamNet(n_batches=7)
     plugin = MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**10))
     recorder = _fit(tmp_path, model, GradientCentralization(), plugins=[plugin])
-    expected, grads = reference_run(
+    expected, grads = reference_gradient_centralization(
         TinyNet(),
         batches_of(make_data(28), 4),
         epochs=2,

@@ -10,21 +10,11 @@ from unittest.mock import Mock
 
 import pytest
 import torch
-from _lookahead_helpers import (
-    Net,
-    TinyNet,
-    TwoOptimizerNet,
-    assert_close,
-    assert_equal,
-    batches_of,
-    fast_and_slow,
-    make_data,
-    make_optimizer,
-    make_trainer,
-    params,
-    reference_lookahead,
-    two_optimizers,
-)
+from helpers.asserts import assert_close, assert_equal, assert_same_state, fast_and_slow, params
+from helpers.data import batches_of, make_data
+from helpers.models import Net, TinyNet, TwoOptimizerNet, make_optimizer, two_optimizers
+from helpers.references import reference_lookahead
+from helpers.trainers import fit_lookahead, lookahead_state, make_trainer
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.precision import MixedPrecision
@@ -38,7 +28,6 @@ from lightning_ranger.callbacks._slow_weights import (
     slow_dtype,
 )
 from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY, Lookahead
-from lightning_ranger.callbacks.slow_weight_swap import SlowWeightSwap
 
 
 def _prefixed(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -172,56 +161,25 @@ def test_sync_of_large_non_contiguous_and_16_bit_parameters() -> None:
 # ---------------------------------------------------------------- checkpoints and exact resume
 
 
-def _run(
-    tmp_path: Path, name: str, model: Net, max_epochs: int, ckpt_path: Any = None, **kw: Any
-) -> Any:
-    """Fit with Lookahead(k=3) + SlowWeightSwap, validating each epoch and checkpointing each epoch
-    (5 batches per epoch: the first checkpoint, `epoch=0-step=5`, is 2 steps into a cycle)."""
-    lookahead = Lookahead(k=3, alpha=0.5, final_weights=kw.pop("final_weights", "fast"))
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / name, save_top_k=-1, every_n_epochs=1)
-    trainer = make_trainer(
-        tmp_path / name,
-        [lookahead, SlowWeightSwap(), checkpoint],
-        max_epochs=max_epochs,
-        limit_val_batches=None,
-        enable_checkpointing=True,
-        **kw,
-    )
-    trainer.fit(model, ckpt_path=ckpt_path)
-    return trainer, lookahead
-
-
-def _state(trainer: Any, lookahead: Lookahead, model: Net) -> dict[str, Any]:
-    fast, slow = fast_and_slow(lookahead, model)
-    optimizer = trainer.optimizers[0].state_dict()["state"]
-    return {"fast": fast, "slow": slow, "optimizer": optimizer, "step": trainer.global_step}
-
-
-def _assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert a["step"] == b["step"]
-    assert_equal(a["fast"], b["fast"])
-    assert_equal(a["slow"], b["slow"])
-    for key, state in a["optimizer"].items():
-        assert_equal(state, b["optimizer"][key])
-
-
 def test_resume_mid_cycle_is_bit_exact(tmp_path: Path) -> None:
-    trainer, lookahead = _run(tmp_path, "full", Net("radam"), max_epochs=3)
-    uninterrupted = _state(trainer, lookahead, trainer.lightning_module)
+    trainer, lookahead = fit_lookahead(tmp_path, "full", Net("radam"), max_epochs=3)
+    uninterrupted = lookahead_state(trainer, lookahead, trainer.lightning_module)
 
-    _run(tmp_path, "first", Net("radam"), max_epochs=1)
+    fit_lookahead(tmp_path, "first", Net("radam"), max_epochs=1)
     ckpt = tmp_path / "first" / "epoch=0-step=5.ckpt"
     checkpoint = torch.load(ckpt, weights_only=False)
     assert checkpoint["callbacks"]["Lookahead"]["synced_at_step"] == 3  # 2 steps into the cycle
 
     # A fresh module with other initial weights: everything must come from the checkpoint.
     resumed_model = Net("radam", seed=7)
-    trainer, lookahead = _run(tmp_path, "resumed", resumed_model, max_epochs=3, ckpt_path=ckpt)
-    _assert_same_state(_state(trainer, lookahead, resumed_model), uninterrupted)
+    trainer, lookahead = fit_lookahead(
+        tmp_path, "resumed", resumed_model, max_epochs=3, ckpt_path=ckpt
+    )
+    assert_same_state(lookahead_state(trainer, lookahead, resumed_model), uninterrupted)
 
 
 def test_checkpoint_layout_and_load_from_checkpoint(tmp_path: Path) -> None:
-    trainer, lookahead = _run(tmp_path, "run", Net("radam"), max_epochs=1)
+    trainer, lookahead = fit_lookahead(tmp_path, "run", Net("radam"), max_epochs=1)
     fast, slow = fast_and_slow(lookahead, trainer.lightning_module)
     checkpoint = torch.load(tmp_path / "run" / "epoch=0-step=5.ckpt", weights_only=False)
     assert_equal({n: checkpoint["state_dict"][n] for n in slow}, slow)
@@ -233,29 +191,31 @@ def test_checkpoint_layout_and_load_from_checkpoint(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("final_weights", ["slow", "fast"])
 def test_checkpoint_saved_after_fit_resumes_the_same(tmp_path: Path, final_weights: str) -> None:
-    trainer, lookahead = _run(tmp_path, "full", Net("radam"), max_epochs=3)
-    uninterrupted = _state(trainer, lookahead, trainer.lightning_module)
+    trainer, lookahead = fit_lookahead(tmp_path, "full", Net("radam"), max_epochs=3)
+    uninterrupted = lookahead_state(trainer, lookahead, trainer.lightning_module)
 
-    trainer, _ = _run(tmp_path, "first", Net("radam"), max_epochs=1, final_weights=final_weights)
+    trainer, _ = fit_lookahead(
+        tmp_path, "first", Net("radam"), max_epochs=1, final_weights=final_weights
+    )
     trainer.save_checkpoint(tmp_path / "after_fit.ckpt")
     resumed_model = Net("radam", seed=7)
-    trainer, lookahead = _run(
+    trainer, lookahead = fit_lookahead(
         tmp_path, "resumed", resumed_model, max_epochs=3, ckpt_path=tmp_path / "after_fit.ckpt"
     )
-    _assert_same_state(_state(trainer, lookahead, resumed_model), uninterrupted)
+    assert_same_state(lookahead_state(trainer, lookahead, resumed_model), uninterrupted)
 
 
 def test_resume_is_keyed_by_name_not_by_position(tmp_path: Path) -> None:
     # Stateless SGD, so that the optimizer state (saved by position) plays no part.
-    trainer, lookahead = _run(tmp_path, "full", Net("plain_sgd"), max_epochs=3)
-    uninterrupted = _state(trainer, lookahead, trainer.lightning_module)
-    _run(tmp_path, "first", Net("plain_sgd"), max_epochs=1)
+    trainer, lookahead = fit_lookahead(tmp_path, "full", Net("plain_sgd"), max_epochs=3)
+    uninterrupted = lookahead_state(trainer, lookahead, trainer.lightning_module)
+    fit_lookahead(tmp_path, "first", Net("plain_sgd"), max_epochs=1)
 
     reordered = Net("plain_sgd", reorder=True, seed=7)
     assert [n for n, _ in reordered.named_parameters()] != list(uninterrupted["fast"])
     ckpt = tmp_path / "first" / "epoch=0-step=5.ckpt"
-    trainer, lookahead = _run(tmp_path, "resumed", reordered, max_epochs=3, ckpt_path=ckpt)
-    resumed = _state(trainer, lookahead, reordered)
+    trainer, lookahead = fit_lookahead(tmp_path, "resumed", reordered, max_epochs=3, ckpt_path=ckpt)
+    resumed = lookahead_state(trainer, lookahead, reordered)
     assert_equal(resumed["fast"], uninterrupted["fast"])
     assert_equal(resumed["slow"], uninterrupted["slow"])
 
@@ -268,7 +228,7 @@ class _EveryParameterNet(Net):
 
 
 def test_resume_with_a_parameter_frozen_since_warns_and_keeps_it_tracked(tmp_path: Path) -> None:
-    _run(tmp_path, "first", _EveryParameterNet("plain_sgd"), max_epochs=1)
+    fit_lookahead(tmp_path, "first", _EveryParameterNet("plain_sgd"), max_epochs=1)
     ckpt = tmp_path / "first" / "epoch=0-step=5.ckpt"
     frozen = _EveryParameterNet("plain_sgd", frozen=("layers.out.bias",))
     with pytest.warns(
@@ -276,7 +236,7 @@ def test_resume_with_a_parameter_frozen_since_warns_and_keeps_it_tracked(tmp_pat
         match=r"1 parameters were trainable when the checkpoint was written and have "
         r"`requires_grad=False` now; they stay tracked.*\['net.layers.out.bias'\]",
     ):
-        _, lookahead = _run(tmp_path, "resumed", frozen, max_epochs=2, ckpt_path=ckpt)
+        _, lookahead = fit_lookahead(tmp_path, "resumed", frozen, max_epochs=2, ckpt_path=ckpt)
     # Tracked from the checkpoint: the sync at step 6 moved the frozen bias to its slow weights.
     fast, slow = fast_and_slow(lookahead, frozen)
     assert torch.equal(fast["net.layers.out.bias"], slow["net.layers.out.bias"])
@@ -300,7 +260,7 @@ class _RenamedNet(Net):
 def test_resume_into_a_module_without_the_checkpoints_parameters_fails_clearly(
     tmp_path: Path,
 ) -> None:
-    _run(tmp_path, "first", Net("plain_sgd", frozen=("layers.out.bias",)), max_epochs=1)
+    fit_lookahead(tmp_path, "first", Net("plain_sgd", frozen=("layers.out.bias",)), max_epochs=1)
     ckpt = tmp_path / "first" / "epoch=0-step=5.ckpt"
     with pytest.raises(
         ValueError,
@@ -310,7 +270,9 @@ def test_resume_into_a_module_without_the_checkpoints_parameters_fails_clearly(
         r"checkpoint: \['body.layers.inp.weight', 'body.layers.inp.bias', "
         r"'body.layers.out.weight', 'body.layers.out.bias'\]",
     ):
-        _run(tmp_path, "resumed", _RenamedNet(optimizer="plain_sgd"), max_epochs=2, ckpt_path=ckpt)
+        fit_lookahead(
+            tmp_path, "resumed", _RenamedNet(optimizer="plain_sgd"), max_epochs=2, ckpt_path=ckpt
+        )
 
 
 def test_mismatch_message_labels_each_side() -> None:

@@ -1,7 +1,7 @@
 """Lookahead with 2 CPU processes: DDP, FSDP2 (``ModelParallelStrategy`` with ``fully_shard``) and
-FSDP1 (``FSDPStrategy``, through the CPU test strategy of ``_cpu_fsdp.py``).
+FSDP1 (``FSDPStrategy``, through the CPU test strategy of ``helpers/sharded.py``).
 
-One launch of ``_lookahead_distributed_script.py`` in 2 processes (``_launch.py``) runs every
+One launch of ``scripts/lookahead_distributed.py`` in 2 processes (``helpers/launch.py``) runs every
 variant (spawn-based tests pay the start-up of Python, torch and Lightning per process, so there is
 a single launch); the tests here compare what it saved.
 """
@@ -14,20 +14,15 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from _launch import run_two_processes
-from _lookahead_helpers import (
-    TinyNet,
-    assert_close,
-    assert_equal,
-    poison,
-    tiny_radam_reference,
-)
+from helpers.asserts import assert_close, assert_equal
+from helpers.launch import run_two_processes
+from helpers.models import TinyNet, poison
+from helpers.references import tiny_radam_reference
 
 from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY
 
 pytestmark = pytest.mark.distributed
 
-TESTS = Path(__file__).parent
 CKPT = "epoch=0-step=5.ckpt"
 VARIANTS = (
     *("ddp", "ddp_bf16", "ddp_bf16_true", "ddp_16_true"),
@@ -46,9 +41,14 @@ EXACT_RESUME = tuple(v for v in VARIANTS if v != "fsdp1")
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lookahead_distributed")
-    script = TESTS / "_lookahead_distributed_script.py"
     run_two_processes(
-        script, str(out), *VARIANTS, *NAN_VARIANTS, *META_VARIANTS, "fsdp2_tied", timeout=900
+        "lookahead_distributed",
+        str(out),
+        *VARIANTS,
+        *NAN_VARIANTS,
+        *META_VARIANTS,
+        "fsdp2_tied",
+        timeout=900,
     )
     return out
 

@@ -8,16 +8,10 @@ from typing import Any
 
 import pytest
 import torch
-from _lookahead_helpers import (
-    NaNGradientNet,
-    TinyNet,
-    assert_close,
-    assert_equal,
-    fast_and_slow,
-    make_trainer,
-    poison,
-    tiny_radam_reference,
-)
+from helpers.asserts import assert_close, assert_equal, fast_and_slow
+from helpers.models import NaNGradientNet, TinyNet, poison
+from helpers.references import tiny_radam_reference
+from helpers.trainers import make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch import nn

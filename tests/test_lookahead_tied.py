@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 import torch
-from _lookahead_helpers import TiedLM, assert_equal, fast_and_slow, make_trainer
+from helpers.asserts import assert_equal, fast_and_slow
+from helpers.models import TiedLM
+from helpers.trainers import make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY, Lookahead

@@ -9,16 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from _lookahead_helpers import (
-    Net,
-    TinyNet,
-    assert_close,
-    assert_equal,
-    fast_and_slow,
-    make_trainer,
-    params,
-    tiny_radam_reference,
-)
+from helpers.asserts import assert_close, assert_equal, fast_and_slow, params
+from helpers.models import Net, TinyNet
+from helpers.references import tiny_radam_reference
+from helpers.trainers import make_trainer
 from lightning.pytorch.callbacks import BackboneFinetuning, ModelCheckpoint
 from torch import nn
 

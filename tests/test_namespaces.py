@@ -22,23 +22,12 @@ pytest.importorskip("pytorch_lightning")
 import pytorch_lightning
 import torch
 import yaml
-from _launch import run_two_processes
-from _lookahead_helpers import (
-    TinyNet,
-    assert_close,
-    assert_equal,
-    make_data,
-    params,
-    tiny_radam_reference,
-)
-from _pl_helpers import (
-    NAMESPACES,
-    PLCPUFSDPStrategy,
-    PLNet,
-    make_trainer,
-    namespace,
-    net_class,
-)
+from helpers.asserts import assert_close, assert_equal, params
+from helpers.data import make_data
+from helpers.launch import run_two_processes
+from helpers.models import TinyNet
+from helpers.pl import NAMESPACES, PLCPUFSDPStrategy, PLNet, make_trainer, namespace, net_class
+from helpers.references import tiny_radam_reference
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
@@ -53,7 +42,6 @@ from lightning_ranger.callbacks import (
 )
 from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY
 
-TESTS = Path(__file__).parent
 CKPT = "epoch=0-step=5.ckpt"
 
 
@@ -267,7 +255,7 @@ VARIANTS = ("ddp", "fsdp1", "fsdp2")
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pl_namespace")
-    run_two_processes(TESTS / "_pl_namespace_script.py", str(out), *VARIANTS, timeout=600)
+    run_two_processes("pl_namespace", str(out), *VARIANTS, timeout=600)
     return out
 
 

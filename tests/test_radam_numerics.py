@@ -9,30 +9,10 @@ import sys
 
 import pytest
 import torch
-from _radam_reference import ReferenceRAdam
+from helpers.data import IMPLEMENTATIONS, gradient_sequence, random_params
+from helpers.references import ReferenceRAdam, reference_radam
 
 from lightning_ranger import RAdam
-
-IMPLEMENTATIONS = {
-    "fused": {"fused": True},
-    "foreach": {"foreach": True},
-    "per-tensor": {"foreach": False, "fused": False},
-}
-SHAPES = [(7, 5), (13,), (), (3, 2, 4)]
-
-
-def _params(dtype=torch.float64, seed=0, shapes=SHAPES):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes]
-
-
-def _grads(params, steps, seed=1):
-    """A fixed gradient sequence, with a scale that changes over time like a real run's."""
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        [torch.randn(p.shape, generator=gen, dtype=torch.float64) * (1 + t % 3) for p in params]
-        for t in range(steps)
-    ]
 
 
 def _run(params, grad_seq, **options):
@@ -49,13 +29,6 @@ def _run(params, grad_seq, **options):
 def _real64(p):
     p = p.detach()
     return (torch.view_as_real(p) if p.is_complex() else p).to(torch.float64)
-
-
-def _reference(params, grad_seq, **options):
-    reference = ReferenceRAdam(params, **options)
-    for grads in grad_seq:
-        reference.step(grads)
-    return reference.params
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -77,10 +50,10 @@ def test_matches_float64_algorithm_2(
         "degenerate_to_sgd": degenerate_to_sgd,
         "maximize": maximize,
     }
-    params = _params()
-    grad_seq = _grads(params, steps=25)
+    params = random_params()
+    grad_seq = gradient_sequence(params, steps=25)
     actual, _ = _run(params, grad_seq, **options, **IMPLEMENTATIONS[impl])
-    expected = _reference(params, grad_seq, **options)
+    expected = reference_radam(params, grad_seq, **options)
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-13)
 
@@ -89,11 +62,11 @@ def test_matches_float64_algorithm_2(
 def test_matches_float64_algorithm_2_over_140_steps(impl):
     """Eager steps read their step sizes from blocks of 64 precomputed steps: across the block
     boundaries (steps 64/65 and 128/129) every step still follows the reference."""
-    params = _params(shapes=[(5, 3), ()])
-    grad_seq = _grads(params, steps=140)
+    params = random_params(shapes=[(5, 3), ()])
+    grad_seq = gradient_sequence(params, steps=140)
     options = {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 0.1}
     actual, _ = _run(params, grad_seq, **options, **IMPLEMENTATIONS[impl])
-    expected = _reference(params, grad_seq, **options)
+    expected = reference_radam(params, grad_seq, **options)
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-13)
 
@@ -102,8 +75,8 @@ def test_matches_float64_algorithm_2_over_140_steps(impl):
 def test_threshold_changes_the_first_rectified_step(impl):
     """With beta2 = 0.999, step 5 (rho_5 = 4.996) is rectified with threshold 4 but is an SGD step
     with threshold 5: the two runs agree for 4 steps and differ from step 5 on."""
-    params = _params()
-    grad_seq = _grads(params, steps=5)
+    params = random_params()
+    grad_seq = gradient_sequence(params, steps=5)
     runs = {
         th: [
             _run(params, grad_seq[:n], rectify_threshold=th, **IMPLEMENTATIONS[impl])[0]
@@ -121,8 +94,8 @@ def test_threshold_changes_the_first_rectified_step(impl):
 
 
 def test_no_update_before_rectification_without_sgd_fallback():
-    params = _params()
-    grad_seq = _grads(params, steps=5)
+    params = random_params()
+    grad_seq = gradient_sequence(params, steps=5)
     actual, optimizer = _run(params, grad_seq, degenerate_to_sgd=False)
     for a, p in zip(actual, params, strict=True):
         assert torch.equal(a, p)  # rho_t <= 5 for t <= 5: parameters never moved ...
@@ -177,8 +150,8 @@ DTYPE_TOLERANCES = {
 @pytest.mark.parametrize("impl", ["fused", "foreach"])
 @pytest.mark.parametrize("options", [{}, {"weight_decay": 0.1, "decoupled_weight_decay": True}])
 def test_fast_paths_equal_per_tensor_path(dtype, impl, options):
-    params = _params(dtype)
-    grad_seq = _grads(params, steps=12)
+    params = random_params(dtype)
+    grad_seq = gradient_sequence(params, steps=12)
     expected, _ = _run(params, grad_seq, lr=1e-2, **options, **IMPLEMENTATIONS["per-tensor"])
     actual, _ = _run(params, grad_seq, lr=1e-2, **options, **IMPLEMENTATIONS[impl])
     for a, e in zip(actual, expected, strict=True):
@@ -189,10 +162,10 @@ def test_fast_paths_equal_per_tensor_path(dtype, impl, options):
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_half_precision_follows_the_float64_reference(dtype, impl):
     """Low-precision runs stay within a few units in the last place of the float64 trajectory."""
-    params = _params(dtype)
-    grad_seq = _grads(params, steps=12)
+    params = random_params(dtype)
+    grad_seq = gradient_sequence(params, steps=12)
     actual, _ = _run(params, grad_seq, lr=1e-2, **IMPLEMENTATIONS[impl])
-    expected = _reference(params, grad_seq, lr=1e-2)
+    expected = reference_radam(params, grad_seq, lr=1e-2)
     eps = torch.finfo(dtype).eps
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=4 * eps, atol=12 * 1e-2 * eps)
@@ -216,8 +189,8 @@ def test_half_precision_zero_second_moment_stays_finite(impl, dtype):
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_several_groups_with_their_own_options(impl):
-    params = _params()
-    grad_seq = _grads(params, steps=20)
+    params = random_params()
+    grad_seq = gradient_sequence(params, steps=20)
     group_options = [
         {"lr": 1e-2, "betas": (0.9, 0.999)},
         {"lr": 3e-2, "betas": (0.5, 0.8), "rectify_threshold": 4.0, "weight_decay": 0.2},
@@ -237,7 +210,7 @@ def test_several_groups_with_their_own_options(impl):
             p.grad = g.clone()
         optimizer.step()
     for idx, opts in zip(groups, group_options, strict=True):
-        expected = _reference(
+        expected = reference_radam(
             [params[i] for i in idx], [[g[i] for i in idx] for g in grad_seq], **opts
         )
         for i, e in zip(idx, expected, strict=True):
@@ -263,7 +236,7 @@ def test_complex_parameters_are_pairs_of_reals(impl):
             p.grad, q.grad = g.clone(), g.clone()
         optimizer.step()
         torch_optimizer.step()
-    expected = _reference(params, grad_seq, lr=1e-2, weight_decay=0.1)
+    expected = reference_radam(params, grad_seq, lr=1e-2, weight_decay=0.1)
     torch.testing.assert_close(
         torch.view_as_real(copies[0].detach()), expected[0], rtol=1e-12, atol=1e-13
     )
@@ -285,10 +258,10 @@ def test_complex_parameters_with_fused():
 def test_mixed_dtypes_in_one_group(impl):
     """Each tensor of a mixed float32/float64 group moves as it would alone in its dtype."""
     params = [
-        *_params(torch.float64, shapes=[(5, 3), (4,)]),
-        *_params(torch.float32, seed=3, shapes=[(6,), (2, 2)]),
+        *random_params(torch.float64, shapes=[(5, 3), (4,)]),
+        *random_params(torch.float32, seed=3, shapes=[(6,), (2, 2)]),
     ]
-    grad_seq = _grads(params, steps=10)
+    grad_seq = gradient_sequence(params, steps=10)
     mixed, _ = _run(params, grad_seq, **IMPLEMENTATIONS[impl])
     for idx in ([0, 1], [2, 3]):
         alone, _ = _run(
@@ -303,8 +276,8 @@ def test_mixed_dtypes_in_one_group(impl):
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_parameters_with_unequal_step_counts(impl):
     """A parameter that missed some steps (no gradient) keeps its own step count and phase."""
-    params = _params(shapes=[(4, 3), (5,)])
-    grad_seq = _grads(params, steps=12)
+    params = random_params(shapes=[(4, 3), (5,)])
+    grad_seq = gradient_sequence(params, steps=12)
     copies = [p.clone().requires_grad_() for p in params]
     optimizer = RAdam(copies, lr=1e-2, **IMPLEMENTATIONS[impl])
     late = ReferenceRAdam([params[1]], lr=1e-2)
@@ -316,15 +289,15 @@ def test_parameters_with_unequal_step_counts(impl):
         optimizer.step()
     assert optimizer.state[copies[0]]["step"].item() == 12
     assert optimizer.state[copies[1]]["step"].item() == 8
-    expected_first = _reference([params[0]], [[g[0]] for g in grad_seq], lr=1e-2)[0]
+    expected_first = reference_radam([params[0]], [[g[0]] for g in grad_seq], lr=1e-2)[0]
     torch.testing.assert_close(copies[0].detach(), expected_first, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(copies[1].detach(), late.params[0], rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_tensor_lr_equals_float_lr(impl):
-    params = _params()
-    grad_seq = _grads(params, steps=10)
+    params = random_params()
+    grad_seq = gradient_sequence(params, steps=10)
     as_float, _ = _run(params, grad_seq, lr=0.01, **IMPLEMENTATIONS[impl])
     lr = torch.tensor(0.01, dtype=torch.float64)
     as_tensor, _ = _run(params, grad_seq, lr=lr, **IMPLEMENTATIONS[impl])
@@ -333,8 +306,8 @@ def test_tensor_lr_equals_float_lr(impl):
 
 
 def test_default_selection_is_fused_on_cpu_and_bitwise_equal_to_fused():
-    params = _params(torch.float32)
-    grad_seq = _grads(params, steps=10)
+    params = random_params(torch.float32)
+    grad_seq = gradient_sequence(params, steps=10)
     default, _ = _run(params, grad_seq)
     fused, _ = _run(params, grad_seq, fused=True)
     for a, b in itertools.zip_longest(default, fused):

@@ -12,7 +12,7 @@ from unittest.mock import Mock
 import numpy as np
 import pytest
 import torch
-from _monitor_helpers import TWO_GROUPS, Reference, Regressor, events, scalars, trainer
+from helpers.monitor import TWO_GROUPS, Reference, Regressor, events, scalars, trainer
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import FSDPStrategy
@@ -370,7 +370,7 @@ def test_pytorch_lightning_tensorboard_logger_gets_histograms_and_layout(tmp_pat
     """Under ``pytorch_lightning`` (Trainer, module and TensorBoardLogger of that namespace) the
     histograms and the custom-scalars layout are written, and no logger is said to take none."""
     import pytorch_lightning
-    from _pl_helpers import PLNet
+    from helpers.pl import PLNet
 
     logger = pytorch_lightning.loggers.TensorBoardLogger(
         tmp_path, name="", version=0, default_hp_metric=False

@@ -1,26 +1,24 @@
 """RectificationMonitor with 2 CPU processes (gloo): DDP, FSDP2 and FSDP1 log the single-process
 values.
 
-The 2-process run is ``tests/_monitor_helpers.py`` under ``torchrun``, in a subprocess: both
+The 2-process run is ``scripts/monitor_distributed.py`` under ``torchrun``, in a subprocess: both
 ``DDPStrategy`` and ``ModelParallelStrategy`` launch their processes by re-running the command
 line, which inside pytest would re-run the test session. Under torchrun the processes exist from
 the start, so one launch trains with DDP, FSDP2 and FSDP1 (``FSDPStrategy`` through the CPU test
-strategy of ``_cpu_fsdp.py``) in the same process group (one process start-up for all).
+strategy of ``helpers/sharded.py``) in the same process group (one process start-up for all).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from _launch import run_two_processes
-from _monitor_helpers import PROBE, TWO_GROUPS, Reference, Regressor, events, scalars, trainer
+from helpers.launch import run_two_processes
+from helpers.monitor import PROBE, TWO_GROUPS, Reference, Regressor, events, scalars, trainer
 
 from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
 
-HELPERS = Path(__file__).with_name("_monitor_helpers.py")
 STEPS = list(range(1, 13))
 EXACT = ["rho_t", "r_t", "rho_t_threshold", "r_t_linear_warmup", "nonfinite_fraction"]
 #: Sums over shards and the probe's gradients (reduced in another order): equal up to rounding.
@@ -40,7 +38,7 @@ SHARDED = [
 
 @pytest.mark.distributed
 def test_ddp_fsdp2_and_fsdp1_give_single_process_values(tmp_path):
-    run_two_processes(HELPERS, str(tmp_path), timeout=300)
+    run_two_processes("monitor_distributed", str(tmp_path), timeout=300)
 
     facts = json.loads((tmp_path / "facts.json").read_text())
     assert [f["world_size"] for f in facts["ddp"]] == [2, 2]

@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 import torch
-from _lookahead_helpers import Net, assert_equal, make_data, make_trainer, params
+from helpers.asserts import assert_equal, params
+from helpers.data import make_data
+from helpers.models import Net
+from helpers.trainers import make_trainer
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 

@@ -1,16 +1,10 @@
-"""Shared pieces of the RectificationMonitor tests.
-
-A tiny regressor, a quiet ``_train`` helper, readers for TensorBoard event files, and a callback
-that computes the expected statistics by hand (numpy, float64) from the optimizer state after every
-optimizer step. Run as a script under ``torchrun --nproc_per_node=2`` it trains the same model with
-DDP and then with FSDP2 (``ModelParallelStrategy``) and writes their logs under ``argv[1]``.
-"""
+"""The RectificationMonitor tests' pieces: a tiny regressor, a quiet Trainer logging to
+TensorBoard, readers for the event files, and a callback that computes the expected statistics by
+hand (numpy, float64) from the optimizer state after every optimizer step."""
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +17,14 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_ranger import RAdam
-from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
 
 N_SAMPLES = 96
+
+
 #: Probe size of the 2-process runs: 40 of the 83 coordinates, spread over both ranks' shards.
 PROBE = 40
+
+
 #: Two param groups (first and second linear layer) with different beta2 and thresholds.
 TWO_GROUPS = [
     {"betas": (0.9, 0.999)},
@@ -214,55 +211,3 @@ class Reference(Callback):
                         np.searchsorted(self.limits, lr, side="left"), minlength=len(self.limits)
                     ),
                 }
-
-
-def _distributed_main(out: Path) -> None:
-    """Train with DDP, FSDP2, then FSDP1 in the 2 processes torchrun started; logs under ``out``."""
-    from _cpu_fsdp import CPUFSDPStrategy
-    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
-    from torch.distributed.tensor import DTensor
-
-    strategies = {
-        "ddp": DDPStrategy(),
-        "fsdp2": ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
-        "fsdp1": CPUFSDPStrategy(),
-    }
-    facts: dict[str, Any] = {}
-    for name, strategy in strategies.items():
-        model = Regressor(groups=TWO_GROUPS, batch_size=4)
-        fit = trainer(
-            out / name,
-            max_steps=12,
-            callbacks=[RectificationMonitor(logging_interval=1, probe_size=PROBE)],
-            devices=2,
-            strategy=strategy,
-            use_distributed_sampler=False,
-        )
-        fit.fit(model)
-        optimizer = fit.optimizers[0]
-        v = [
-            optimizer.state[p]["exp_avg_sq"]
-            for g in optimizer.param_groups
-            for p in g["params"]
-            if p in optimizer.state  # FSDP1: only the parameters with elements on this rank
-        ]
-        facts[name] = {
-            "world_size": fit.world_size,
-            "dtensor": all(isinstance(t, DTensor) for t in v),
-            "local_numel": sum(
-                t.to_local().numel() if isinstance(t, DTensor) else t.numel() for t in v
-            ),
-            "global_step": fit.global_step,
-        }
-        all_facts: list[Any] = [None] * fit.world_size
-        torch.distributed.all_gather_object(all_facts, facts[name])
-        facts[name] = all_facts
-    if torch.distributed.get_rank() == 0:
-        (out / "facts.json").write_text(json.dumps(facts))
-
-
-if __name__ == "__main__":
-    from _launch import leave_process_group
-
-    _distributed_main(Path(sys.argv[1]))
-    leave_process_group()

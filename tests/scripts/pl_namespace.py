@@ -1,5 +1,5 @@
 """The callbacks under ``pytorch_lightning`` with 2 CPU processes (gloo), launched by
-``tests/test_namespaces.py`` through ``_launch.run_two_processes``.
+``tests/test_namespaces.py`` through :func:`helpers.launch.run_two_processes`.
 
 For each variant (DDP; FSDP1 through the CPU stand-in of ``FSDPStrategy``, each linear layer its own
 unit; FSDP2 through ``ModelParallelStrategy`` with ``fully_shard`` and single-file checkpoints) it
@@ -7,7 +7,8 @@ fits one epoch of 5 steps with ``Lookahead(k=3)``, ``SlowWeightSwap`` and a ``Mo
 on ``pytorch_lightning``'s Trainer, and saves each rank's full fast and slow weights to
 ``OUT/<variant>_rank<r>.pt``; the checkpoint is ``OUT/<variant>/epoch=0-step=5.ckpt``.
 
-Usage: ``python -m torch.distributed.run --nproc_per_node=2 _pl_namespace_script.py OUT VARIANT...``
+Usage (from ``tests/``): ``python -m torch.distributed.run --nproc_per_node=2 --module
+scripts.pl_namespace OUT VARIANT...``
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _pl_helpers import PLCPUFSDPStrategy, PLNet, PLShardedNet, full_weights, make_trainer
+from helpers.launch import leave_process_group
+from helpers.pl import PLCPUFSDPStrategy, PLNet, PLShardedNet, make_trainer
+from helpers.sharded import full_weights
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
@@ -59,8 +62,6 @@ def fit(out: Path, variant: str) -> None:
 
 
 if __name__ == "__main__":
-    from _launch import leave_process_group
-
     for name in sys.argv[2:]:
         fit(Path(sys.argv[1]), name)
     leave_process_group()

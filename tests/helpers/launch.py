@@ -1,9 +1,11 @@
-"""Run a script in 2 CPU processes under ``torch.distributed.run``, for the multi-process tests.
+"""Run a script of ``tests/scripts/`` in 2 CPU processes under ``torch.distributed.run``, for the
+multi-process tests.
 
 ``torch.distributed.run`` rather than Lightning's launcher: Lightning re-runs the calling script
 for ``strategy="ddp"``, which under pytest would re-run pytest, and ``ddp_spawn`` cannot be used
 for ``ModelParallelStrategy``. Under the launcher the processes exist from the start, so one
-launch can fit several Trainers in the same process group.
+launch can fit several Trainers in the same process group. The scripts run as modules
+(``scripts.NAME``) from the tests folder, so they import the kit as the tests do.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+TESTS = Path(__file__).parents[1]
 
-def run_two_processes(script: Path, *args: str, timeout: float) -> None:
-    """Run ``script`` with ``args`` in 2 processes (1 thread each, from the tests folder); fail
-    with the end of its output if it fails."""
+
+def run_two_processes(script: str, *args: str, timeout: float) -> None:
+    """Run ``tests/scripts/<script>.py`` with ``args`` in 2 processes (1 thread each); fail with
+    the end of its output if it fails."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     result = subprocess.run(
-        [*command, str(script), *args],
-        cwd=Path(__file__).parent,
+        [*command, "--module", f"scripts.{script}", *args],
+        cwd=TESTS,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,

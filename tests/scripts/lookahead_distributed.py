@@ -1,5 +1,5 @@
 """Lookahead with 2 CPU processes (gloo), launched by ``tests/test_lookahead_distributed.py``
-through ``python -m torch.distributed.run --nproc_per_node=2``.
+through :func:`helpers.launch.run_two_processes`.
 
 Lightning sees the launcher's environment and does not start processes itself, so one launch runs
 several Trainers in the same process group. For each variant in :data:`VARIANTS` (DDP; FSDP2
@@ -12,8 +12,8 @@ full fast and slow weights (at the end, and when training starts) to
 on one rank) and ``fsdp2_meta`` (parameters created on the meta device) fit uninterrupted only;
 ``fsdp2_tied`` fits a tied-embedding language model and keeps its sharded checkpoints.
 
-Usage: ``python -m torch.distributed.run --nproc_per_node=2 _lookahead_distributed_script.py OUT
-VARIANT...``
+Usage (from ``tests/``): ``python -m torch.distributed.run --nproc_per_node=2 --module
+scripts.lookahead_distributed OUT VARIANT...``
 """
 
 from __future__ import annotations
@@ -24,51 +24,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _cpu_fsdp import CPUFSDPStrategy
-from _lookahead_helpers import NaNGradientNet, Net, TiedLM, make_trainer
+from helpers.launch import leave_process_group
+from helpers.models import (
+    NaNGradientNet,
+    Net,
+    ShardedNaNGradientNet,
+    ShardedNet,
+    ShardedTiedLM,
+)
+from helpers.sharded import CPUFSDPStrategy, full_weights
+from helpers.trainers import make_trainer
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
-from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
-from torch.distributed.tensor import DTensor
 
 from lightning_ranger.callbacks.lookahead import Lookahead
 from lightning_ranger.callbacks.slow_weight_swap import SlowWeightSwap
 
 K, ALPHA = 3, 0.5
 CKPT = "epoch=0-step=5.ckpt"
-
-
-class ShardedNet(Net):
-    """FSDP2: each linear layer and the root are sharded over the data-parallel mesh."""
-
-    def configure_model(self) -> None:
-        mesh = self.device_mesh["data_parallel"]
-        for layer in (self.net.layers["inp"], self.net.layers["out"]):
-            fully_shard(layer, mesh=mesh)
-        fully_shard(self, mesh=mesh)
-
-
-class ShardedNaNGradientNet(NaNGradientNet):
-    """FSDP2 as :class:`ShardedNet`, with the NaN gradient of :class:`NaNGradientNet` (in the
-    local shard of the ranks that get it)."""
-
-    configure_model = ShardedNet.configure_model
-
-
-def full_weights(model: Net, trainer: Trainer) -> dict[str, torch.Tensor]:
-    """The module's parameters as full tensors (gathering shards: every rank calls this)."""
-    if isinstance(trainer.strategy, CPUFSDPStrategy):
-        with FullyShardedDataParallel.summon_full_params(trainer.strategy.model):
-            return {
-                n.replace("_fsdp_wrapped_module.", ""): p.detach().clone()
-                for n, p in model.named_parameters()
-            }
-    return {
-        n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
-        for n, p in model.named_parameters()
-    }
 
 
 class StartRecorder(Callback):
@@ -172,14 +147,6 @@ def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = Non
     torch.save(record, out / f"{variant}_{run}_rank{trainer.global_rank}.pt")
 
 
-class ShardedTiedLM(TiedLM):
-    """FSDP2: the tied language model sharded as one unit (its embedding and output layer share a
-    tensor)."""
-
-    def configure_model(self) -> None:
-        fully_shard(self, mesh=self.device_mesh["data_parallel"])
-
-
 def fit_tied(out: Path) -> None:
     """The tied language model under FSDP2 with sharded checkpoints: 2 epochs of 3 steps, k=4, so
     the epoch-1 checkpoint (step 6) is 2 steps after a sync; saves the full slow weights."""
@@ -216,7 +183,5 @@ def main(out: Path, variants: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from _launch import leave_process_group
-
     main(Path(sys.argv[1]), sys.argv[2:])
     leave_process_group()
