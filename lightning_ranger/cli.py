@@ -129,7 +129,7 @@ def _check_ranger_dict(parser: LightningArgumentParser, model: Any) -> None:
     if isinstance(ranger, Mapping):  # a RangerConfig-typed value is a Namespace, checked by type
         try:
             RangerConfig.from_value(ranger)
-        except ValueError as err:
+        except (TypeError, ValueError) as err:
             parser.error(f"--model.ranger: {err}")
 
 

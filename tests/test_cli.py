@@ -270,6 +270,22 @@ def test_a_misspelt_optimizer_fails_at_parse_time_with_the_choices(tmp_path, mod
     assert not (tmp_path / "lightning_logs").exists()
 
 
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--model.ranger.lr=big", "`lr` must be a float > 0, got 'big'"),
+        ("--model.ranger.warmup_steps=1.5", "`warmup_steps` must be an int >= 0, got '1.5'"),
+    ],
+)
+def test_a_bad_ranger_dict_fails_at_parse_time_naming_the_field(tmp_path, flag, message):
+    """A value that no RangerConfig field accepts makes the parser fall back to the dict, which
+    is checked whether the config rejects it by type or by value."""
+    result = _user_cli(tmp_path, "fit", "--model=mypkg.DictNet", flag, "--trainer.max_steps=1")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(f"error: --model.ranger: {message}"), result.stderr
+    assert not (tmp_path / "lightning_logs").exists()
+
+
 def test_fit_with_user_classes_builds_their_config(tmp_path):
     result = _user_cli(
         tmp_path,

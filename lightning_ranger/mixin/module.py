@@ -1,167 +1,25 @@
-"""RangerConfig and RangerMixin: RAdam, Ranger or an Adam baseline from hyperparameters."""
+"""RangerMixin: a LightningModule's optimizer, schedule and callbacks from its ``ranger``
+hyperparameter."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_args
+from collections.abc import MutableMapping
+from typing import Any, TypeVar
 
-import torch
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.utilities import AttributeDict, rank_zero_warn
-from torch import nn
 
 from lightning_ranger._namespaces import lightning_isinstance
-from lightning_ranger.callbacks.gradient_centralization import GradientCentralization
 from lightning_ranger.callbacks.lookahead import Lookahead
-from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
-from lightning_ranger.callbacks.slow_weight_swap import SlowWeightSwap
-from lightning_ranger.optim.radam import RAdam, validate_options
-from lightning_ranger.optim.schedules import (
-    LRSchedule,
-    ScheduleName,
-    build_scheduler,
-    check_schedule_options,
+from lightning_ranger.mixin.config import RangerConfig
+from lightning_ranger.mixin.factory import (
+    build_callbacks,
+    build_lr_scheduler,
+    build_optimizer,
+    lr_is_constant,
 )
 
-__all__ = ["RangerConfig", "RangerMixin"]
-
-OptimizerName = Literal["radam", "ranger", "adam", "adamw"]
-OPTIMIZERS: tuple[OptimizerName, ...] = get_args(OptimizerName)
-NORMALIZATION_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.RMSNorm,
-)
-
-
-@dataclass(frozen=True)
-class RangerConfig:
-    """What :class:`RangerMixin` builds: the optimizer, its schedule and its callbacks.
-
-    Args:
-        optimizer: ``"ranger"`` (RAdam + Lookahead), ``"radam"``, or the baselines ``"adam"`` (L2
-            weight decay) and ``"adamw"`` (decoupled weight decay), from ``torch.optim``.
-        lr: the peak learning rate, ``> 0``.
-        betas: decay rates of the moments, each in ``[0, 1)``.
-        eps: the denominator's epsilon, ``>= 0``.
-        weight_decay: ``>= 0``.
-        decoupled_weight_decay: RAdam/Ranger only: AdamW-style decay instead of L2.
-        rectify_threshold: RAdam/Ranger only: rectify while ``rho_t`` exceeds it, ``>= 4``.
-        k: Ranger only: optimizer steps between Lookahead syncs, a positive int.
-        alpha: Ranger only: Lookahead's slow-weight step, in ``(0, 1]``.
-        no_decay_norm_and_bias: when ``weight_decay > 0``, put biases, other 1-D parameters and
-            normalization weights in a param group named ``"no_decay"`` without weight decay.
-        schedule: ``"constant"``, ``"linear_warmup"``, ``"flat_cosine"`` or ``"cosine"``, stepped
-            per optimizer step (see :class:`~lightning_ranger.optim.schedules.LRSchedule`).
-        warmup_steps: a linear warmup from 0 over this many optimizer steps, first in every
-            schedule.
-        flat_fraction: the share of the post-warmup steps that ``"flat_cosine"`` keeps flat.
-        slow_weight_eval: Ranger only: validate, test and predict on the slow weights
-            (:class:`~lightning_ranger.callbacks.slow_weight_swap.SlowWeightSwap`).
-        monitor: log RAdam's rectification statistics
-            (:class:`~lightning_ranger.callbacks.rectification_monitor.RectificationMonitor`).
-        gradient_centralization: centralize the gradients of conv and linear weights before
-            every optimizer step (:class:`~lightning_ranger.callbacks.GradientCentralization`),
-            as the 2020 Ranger optimizer did by default. Off here: it changes the optimizer's
-            trajectory, and the RAdam and Lookahead papers do not use it.
-
-    Raises:
-        ValueError: naming the field and its accepted values, for any field outside them.
-
-    Example::
-
-        >>> RangerConfig(optimizer="radam", lr=3e-3, schedule="cosine").lr
-        0.003
-
-    """
-
-    optimizer: OptimizerName = "ranger"
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    decoupled_weight_decay: bool = False
-    rectify_threshold: float = 5.0
-    k: int = 6
-    alpha: float = 0.5
-    no_decay_norm_and_bias: bool = True
-    schedule: ScheduleName = "constant"
-    warmup_steps: int = 0
-    flat_fraction: float = 0.72
-    slow_weight_eval: bool = True
-    monitor: bool = True
-    gradient_centralization: bool = False
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if isinstance(self.betas, list):  # from YAML or a checkpoint's plain data
-            object.__setattr__(self, "betas", tuple(self.betas))
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ValueError(f"`lr` must be a float > 0, got {self.lr!r}")
-        try:
-            validate_options(
-                lr=self.lr,
-                betas=self.betas,
-                eps=self.eps,
-                weight_decay=self.weight_decay,
-                decoupled_weight_decay=self.decoupled_weight_decay,
-                rectify_threshold=self.rectify_threshold,
-            )
-            if self.optimizer == "ranger":
-                Lookahead(k=self.k, alpha=self.alpha)  # its own checks of k and alpha
-        except TypeError as err:  # a config arrives from files and the CLI: one kind of error
-            raise ValueError(str(err)) from err
-        for flag in (
-            "no_decay_norm_and_bias",
-            "slow_weight_eval",
-            "monitor",
-            "gradient_centralization",
-        ):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"`{flag}` must be a bool, got {getattr(self, flag)!r}")
-        check_schedule_options(self.schedule, self.warmup_steps, self.flat_fraction)
-
-    @classmethod
-    def from_value(cls, value: RangerConfig | Mapping[str, Any]) -> RangerConfig:
-        """A config from a ``RangerConfig`` or a mapping of its fields (YAML, a checkpoint).
-
-        Raises:
-            ValueError: for another type, an unknown field, or a field outside its values.
-
-        """
-        if isinstance(value, RangerConfig):
-            return value
-        if not isinstance(value, Mapping):
-            raise ValueError(
-                f"the `ranger` hyperparameter must be a RangerConfig or a dict of its fields, "
-                f"got {type(value).__name__}"
-            )
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - fields)
-        if unknown:
-            raise ValueError(f"unknown `ranger` fields {unknown}; the fields are {sorted(fields)}")
-        return cls(**value)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The fields as plain data (a list for ``betas``): safe YAML, and loadable with
-        ``weights_only=True``; :meth:`from_value` reads it back.
-
-        Example::
-
-            >>> config = RangerConfig(optimizer="radam", betas=(0.8, 0.99))
-            >>> config.as_dict()["betas"]
-            [0.8, 0.99]
-            >>> RangerConfig.from_value(config.as_dict()) == config
-            True
-
-        """
-        data = dataclasses.asdict(self)
-        data["betas"] = list(self.betas)
-        return data
+__all__ = ["RangerMixin"]
 
 
 class RangerMixin:
@@ -213,20 +71,21 @@ class RangerMixin:
     @property
     def hparams(self) -> AttributeDict | MutableMapping:
         """LightningModule's ``hparams``, with each ``RangerConfig`` as a dict of its fields."""
-        return _plain_configs(super().hparams)  # type: ignore[misc]
+        return _configs_as_plain_data(super().hparams)  # type: ignore[misc]
 
     @property
     def hparams_initial(self) -> AttributeDict:
         """LightningModule's ``hparams_initial`` (what loggers record), with each
         ``RangerConfig`` as a dict of its fields."""
-        return _plain_configs(super().hparams_initial)  # type: ignore[misc]
+        return _configs_as_plain_data(super().hparams_initial)  # type: ignore[misc]
 
     def ranger_config(self) -> RangerConfig:
         """The config, from ``self.hparams["ranger"]``; override to supply it another way.
 
         Raises:
-            ValueError: if the hyperparameter is neither a ``RangerConfig`` nor a dict of its
-                fields, or a field is outside its accepted values.
+            TypeError: if the hyperparameter is neither a ``RangerConfig`` nor a dict of its
+                fields, or a field has the wrong type.
+            ValueError: for an unknown field, or a field outside its accepted values.
 
         """
         hparams = self._lightning_module.hparams
@@ -263,16 +122,11 @@ class RangerMixin:
         """
         config = self.ranger_config()
         module = self._lightning_module
-        optimizer = _build_optimizer(config, module)
-        if config.schedule == "constant" and config.warmup_steps == 0:
+        optimizer = build_optimizer(config, module)
+        if lr_is_constant(config):
             return optimizer
-        schedule = LRSchedule(
-            config.schedule,
-            warmup_steps=config.warmup_steps,
-            total_steps=module.trainer.estimated_stepping_batches,
-            flat_fraction=config.flat_fraction,
-        )
-        scheduler = build_scheduler(optimizer, schedule)
+        # The horizon is read only here: a constant lr needs no Trainer attached.
+        scheduler = build_lr_scheduler(config, optimizer, module.trainer.estimated_stepping_batches)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
@@ -281,22 +135,16 @@ class RangerMixin:
     def configure_callbacks(self) -> list[Callback]:
         """Lookahead and SlowWeightSwap for Ranger, the RectificationMonitor and
         GradientCentralization, as the config says."""
-        config = self.ranger_config()
-        callbacks: list[Callback] = []
-        if config.optimizer == "ranger":
-            lookahead = Lookahead(k=config.k, alpha=config.alpha)
-            _warn_if_replacing(self._lightning_module, lookahead)
-            callbacks.append(lookahead)
-            if config.slow_weight_eval:
-                callbacks.append(SlowWeightSwap())
-        if config.monitor:
-            callbacks.append(RectificationMonitor())
-        if config.gradient_centralization:
-            callbacks.append(GradientCentralization())
+        callbacks = build_callbacks(self.ranger_config())
+        for callback in callbacks:
+            if isinstance(callback, Lookahead):
+                _warn_if_trainer_lookahead_is_replaced(self._lightning_module, callback)
         return callbacks
 
 
-def _warn_if_replacing(module: LightningModule, lookahead: Lookahead) -> None:
+def _warn_if_trainer_lookahead_is_replaced(module: LightningModule, lookahead: Lookahead) -> None:
+    """Lightning silently lets a module's callbacks replace the trainer's of the same type; a
+    user who configured the trainer's Lookahead should learn that it no longer applies."""
     try:
         trainer = module.trainer
     except RuntimeError:  # not attached to a Trainer: nothing to replace
@@ -316,50 +164,9 @@ def _warn_if_replacing(module: LightningModule, lookahead: Lookahead) -> None:
 _Hparams = TypeVar("_Hparams", bound=MutableMapping)
 
 
-def _plain_configs(hparams: _Hparams) -> _Hparams:
+def _configs_as_plain_data(hparams: _Hparams) -> _Hparams:
     """``hparams`` with every ``RangerConfig`` value replaced by its plain data, in place."""
     for key, value in list(hparams.items()):
         if isinstance(value, RangerConfig):
             hparams[key] = value.as_dict()
     return hparams
-
-
-def _no_decay_parameters(module: nn.Module) -> set[nn.Parameter]:
-    """Biases, other 1-D (and 0-D) parameters, and every parameter of a normalization layer."""
-    found = {p for p in module.parameters() if p.ndim <= 1}
-    for layer in module.modules():
-        if isinstance(layer, NORMALIZATION_LAYERS):
-            found.update(layer.parameters(recurse=False))
-    return found
-
-
-def _param_groups(config: RangerConfig, module: nn.Module) -> list[dict[str, Any]]:
-    params = list(module.parameters())
-    if not (config.no_decay_norm_and_bias and config.weight_decay > 0):
-        return [{"params": params}]
-    exempt = _no_decay_parameters(module)
-    groups: list[dict[str, Any]] = [
-        {"params": [p for p in params if p not in exempt], "name": "decay"},
-        {"params": [p for p in params if p in exempt], "name": "no_decay", "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
-def _build_optimizer(config: RangerConfig, module: nn.Module) -> torch.optim.Optimizer:
-    groups = _param_groups(config, module)
-    common: dict[str, Any] = {
-        "lr": config.lr,
-        "betas": config.betas,
-        "eps": config.eps,
-        "weight_decay": config.weight_decay,
-    }
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, **common)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, **common)
-    return RAdam(
-        groups,
-        **common,
-        decoupled_weight_decay=config.decoupled_weight_decay,
-        rectify_threshold=config.rectify_threshold,
-    )
