@@ -8,28 +8,28 @@ of ``--batch`` 3x32x32 images, CIFAR-10's size). For scale, the run also reports
 against the memory bound of one pass (2 float32 transfers per element at the bandwidth of an
 in-place ``a += b`` over tensors of the same shapes). Implementations timed:
 
-- ``blocked``: ``centralize_gradients`` as the callback calls it: each gradient as a
+- the callback: ``centralize_gradients`` as the callback calls it: each gradient as a
   ``(channels, elements)`` matrix, in blocks of whole rows of about ``CPU_BLOCK_NUMEL`` elements on
-  the CPU, a row sum and one ``sub_`` per block, so that the subtraction finds the block in cache.
-  ``blocked/2`` and ``blocked*2``: half and twice the block (on other devices all three are
-  ``whole``).
-- ``whole``: the same path, one block per tensor (``cpu_block_numel=None``).
-- ``foreach``: every row mean, then one multi-tensor ``torch._foreach_sub_``.
-- ``per-tensor``: the textbook loop, ``g.sub_(g.mean(dim=(1, ..., ndim - 1), keepdim=True))``.
+  the CPU, a row sum and one ``sub_`` per block, so that the subtraction finds the block in cache;
+  the same with half and twice the block (on other devices all three take whole tensors);
+- whole tensors: the same path, one block per tensor (``cpu_block_numel=None``);
+- foreach: every row mean, then one multi-tensor ``torch._foreach_sub_``;
+- the textbook loop, ``g.sub_(g.mean(dim=(1, ..., ndim - 1), keepdim=True))``.
 
-The variants are interleaved (each repetition times each once, so drifts in clock speed or load hit
-all alike) and medians (minima) are reported.
+The variants and the training step are timed interleaved; shares and ratios are of medians (of
+minima in parentheses).
 
 Run: ``python benchmarks/gradient_centralization.py`` (about 30 s on 2 CPU cores; ``--help``).
 """
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Sequence
 
 import torch
 import torchvision
-from _timing import add_bound, fmt_ms, interleaved, ratio, timer
+from _report import Run, argument_parser, markdown_table, ms, ratio_cell
+from _timing import InPlaceAdd, Timer, interleaved, memory_bound
 from torch import nn
 
 from lightning_ranger import RAdam
@@ -49,21 +49,18 @@ def foreach(grads: list[torch.Tensor]) -> None:
     torch._foreach_sub_(rows, [r.mean(dim=1, keepdim=True) for r in rows])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=15, help="timed repetitions per variant")
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argument_parser(__doc__)
+    parser.add_argument("--reps", type=int, default=15, help="timed rounds (default 15)")
     parser.add_argument("--batch", type=int, default=32, help="images per training step")
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    parser.add_argument("--device", default=default_device)
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    time_it = timer(device)
+    args = parser.parse_args(argv)
+    run = Run(args, __file__, argv)
 
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=10).to(device)
+    model = torchvision.models.resnet18(num_classes=10).to(run.device)
     optimizer = RAdam(model.parameters(), lr=1e-3)
-    x = torch.randn(args.batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (args.batch,), device=device)
+    x = torch.randn(args.batch, 3, 32, 32, device=run.device)
+    y = torch.randint(0, 10, (args.batch,), device=run.device)
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=False)
@@ -72,46 +69,36 @@ def main() -> None:
 
     train_step()  # the gradients exist from here on
     grads = [p.grad for p in model.parameters() if p.grad is not None and p.ndim >= 2]
+    add = InPlaceAdd([g.shape for g in grads], run.device)
+    passes = {
+        "the callback: row sums and `sub_` in blocks of `CPU_BLOCK_NUMEL`": lambda: (
+            centralize_gradients(grads)
+        ),
+        "the same, half the block": lambda: centralize_gradients(grads, CPU_BLOCK_NUMEL // 2),
+        "the same, twice the block": lambda: centralize_gradients(grads, CPU_BLOCK_NUMEL * 2),
+        "whole tensors (`cpu_block_numel=None`)": lambda: centralize_gradients(grads, None),
+        "foreach: all row means, then one `torch._foreach_sub_`": lambda: foreach(grads),
+        "the textbook loop `g.sub_(g.mean(dim=(1, ...), keepdim=True))`": lambda: per_tensor(grads),
+    }
+    t = interleaved({"step": train_step, "add": add, **passes}, args.reps, Timer(run.device))
+    # One pass reads and writes every gradient once.
+    bound = memory_bound(t["add"], add.nbytes, transfers=2, nbytes=add.nbytes)
+
+    rows = []
+    for name in passes:
+        share = ratio_cell(t[name].ratio(t["step"]), percent=True)
+        rows.append([name, ms(t[name].median), share, f"{t[name].ratio(bound).median:.2f}"])
     numel = sum(g.numel() for g in grads)
     total = sum(p.numel() for p in model.parameters())
-    with torch.no_grad():
-        a = [torch.randn_like(g) for g in grads]
-        b = [torch.randn_like(g) for g in grads]
-    variants = {
-        "step": train_step,  # interleaved with the passes, so that load hits all alike
-        "add": lambda: torch._foreach_add_(a, b),
-        "blocked": lambda: centralize_gradients(grads),
-        "blocked/2": lambda: centralize_gradients(grads, CPU_BLOCK_NUMEL // 2),
-        "blocked*2": lambda: centralize_gradients(grads, CPU_BLOCK_NUMEL * 2),
-        "whole": lambda: centralize_gradients(grads, None),
-        "foreach": lambda: foreach(grads),
-        "per-tensor": lambda: per_tensor(grads),
-    }
-    t = interleaved(variants, args.reps, time_it)
-    bound = add_bound(t["add"], transfers=2)
-
-    print(
-        f"ResNet-18 (10 classes): {len(grads)} weights with ndim >= 2, {numel / 1e6:.2f} M of its "
-        f"{total / 1e6:.2f} M elements, float32"
+    title = (
+        f"ResNet-18 (10 classes): the gradients of its {len(grads)} weights with ndim >= 2, "
+        f"{numel / 1e6:.2f} M of its {total / 1e6:.2f} M float32 elements; training step "
+        f"(batch {args.batch} x 3x32x32, forward, backward, RAdam) {ms(t['step'].median)} ms, "
+        f"one-pass memory bound {ms(bound.median)} ms; medians (minima) of {args.reps} "
+        "interleaved rounds:"
     )
-    print(
-        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"medians (minima) of {args.reps} interleaved runs"
-    )
-    print(
-        f"training step (batch {args.batch} x 3x32x32, forward + backward + RAdam): "
-        f"{fmt_ms(t['step'])}"
-    )
-    print(f"memory bound of one pass over the gradients: {fmt_ms(bound)}")
-    print("shares and ratios: of medians (of minima)")
-    for name in ("blocked", "blocked/2", "blocked*2", "whole", "foreach", "per-tensor"):
-        share = ratio(t[name], t["step"])
-        used = "  <- the callback" if name == "blocked" else ""
-        print(
-            f"{name:>10}: {fmt_ms(t[name])} = {100 * share[0]:.2f}% ({100 * share[1]:.2f}%) of a "
-            f"training step, "
-            f"{ratio(t[name], bound)[0]:.2f}x the bound{used}"
-        )
+    header = ["pass", "median ms", "share of a training step", "x one-pass bound"]
+    run.finish([title, markdown_table(header, rows)])
 
 
 if __name__ == "__main__":
