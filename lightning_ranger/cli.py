@@ -17,6 +17,7 @@ from jsonargparse import Namespace
 from jsonargparse._actions import _ActionPrintConfig  # parse without printing (jsonargparse < 5)
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from typing_extensions import override
 
 from lightning_ranger import demos
 from lightning_ranger.demos.digits import require_scikit_learn
@@ -67,6 +68,7 @@ class RangerCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         super().__init__(*args, **kwargs)
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Default the model and the data to the digits demos."""
         parser.set_defaults(
@@ -74,6 +76,7 @@ class RangerCLI(LightningCLI):
         )
         self._demo_parsers.append(parser)
 
+    @override
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse ``args`` with the demos as defaults only where the user chose no class."""
         chosen = _section(self._parse_given(parser, args))

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lightning_ranger.mixin import RangerConfig, RangerMixin
 
@@ -77,6 +78,7 @@ class DigitsDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
 
+    @override
     def setup(self, stage: str) -> None:
         images, labels = _load_digits()
         seed = torch.Generator().manual_seed(self.hparams["split_seed"])
@@ -87,17 +89,21 @@ class DigitsDataModule(L.LightningDataModule):
             TensorDataset(images[idx], labels[idx]) for idx in parts
         )
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
             self.train_set, self.batch_size, shuffle=True, num_workers=self.num_workers
         )
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=256, num_workers=self.num_workers)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.test_set, batch_size=256, num_workers=self.num_workers)
 
+    @override
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
@@ -144,15 +150,18 @@ class DigitsClassifier(RangerMixin, L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=10)
         self.test_acc = MulticlassAccuracy(num_classes=10)
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
+    @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
@@ -160,10 +169,12 @@ class DigitsClassifier(RangerMixin, L.LightningModule):
         self.val_acc(logits, y)
         self.log("val_acc", self.val_acc, prog_bar=True)
 
+    @override
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         self.test_acc(self(x), y)
         self.log("test_acc", self.test_acc)
 
+    @override
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self(batch[0]).argmax(dim=1)
