@@ -21,13 +21,9 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import nn
 
-from lightning_ranger.callbacks._slow_weights import (
-    CPU_BATCH_NUMEL,
-    SlowWeights,
-    mismatch_message,
-    slow_dtype,
-)
+from lightning_ranger.callbacks._slow_weights import SlowWeights, mismatch_message
 from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY, Lookahead
+from lightning_ranger.optim.lookahead import CPU_BATCH_NUMEL, slow_dtype
 
 
 def _prefixed(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -18,28 +18,28 @@ module's parameters that the inner optimizer moves):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from lightning_ranger._utils import group_indices
 from lightning_ranger.callbacks._flat_shards import FlatShardLayout
+from lightning_ranger.optim.lookahead import (
+    SyncBatch,
+    first_nonfinite,
+    local_tensor,
+    slow_dtype,
+    sync_batch_,
+    sync_batches,
+)
 
 __all__ = [
-    "CPU_BATCH_NUMEL",
     "SlowWeights",
     "mismatch_message",
     "named_parameters",
-    "slow_dtype",
     "trainable_parameters",
 ]
-
-
-#: Elements per ``lerp_``/``copy_`` batch of a sync on the CPU: 512 KiB of float32 per operand,
-#: so that both operands stay in a core's L2 cache between the two operations.
-CPU_BATCH_NUMEL = 1 << 17
 
 
 #: The name of the submodule that FSDP1 wraps, which its state dicts leave out of the names.
@@ -71,17 +71,8 @@ def _aliases(module: torch.nn.Module, names: Sequence[str]) -> dict[str, list[st
     }
 
 
-def slow_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the slow copy of a parameter of ``dtype``: at least float32."""
-    return torch.float32 if torch.finfo(dtype).bits < 32 else dtype
-
-
-def _local(t: Tensor) -> Tensor:
-    return t.to_local() if isinstance(t, DTensor) else t
-
-
 def _locals(tensors: Sequence[Tensor]) -> list[Tensor]:
-    return [_local(t) for t in tensors]
+    return [local_tensor(t) for t in tensors]
 
 
 def _full(t: Tensor) -> Tensor:
@@ -131,11 +122,11 @@ class SlowWeights:
         #: The other state-dict names of tracked parameters that modules share (tied weights).
         self.aliases: dict[str, list[str]] = {}
         self._track(tracked)
-        # The sync's (slow, fast) batches of local tensors, and the storage addresses they were
-        # cut from: they are cut again when a storage changes (the module moved, FSDP2 re-laid
-        # its shards). The batches keep the old storages alive, so an address cannot be reused.
-        self._plan: list[tuple[list[Tensor], list[Tensor]]] = []
-        self._plan_key: list[int] = []
+        # The sync's batches of local tensors, and the storage addresses they were cut from: they
+        # are cut again when a storage changes (the module moved, FSDP2 re-laid its shards). The
+        # batches keep the old storages alive, so an address cannot be reused meanwhile.
+        self._batches: list[SyncBatch] = []
+        self._batches_storage: list[int] = []
 
     @torch.no_grad()
     def _track(self, parameters: Mapping[str, Tensor]) -> None:
@@ -167,48 +158,19 @@ class SlowWeights:
         """Whether the module currently holds the slow weights (the fast ones are stashed)."""
         return self._stash is not None
 
-    @torch.no_grad()
     def sync(self, alpha: float) -> None:
-        """Lookahead's sync: ``phi <- phi + alpha (theta - phi)``, then ``theta <- phi``.
-
-        A multi-tensor ``lerp_`` and ``copy_`` per (device, dtype) group. On the CPU they alternate
-        over batches of about :data:`CPU_BATCH_NUMEL` elements, so that ``copy_`` finds both
-        operands still in cache: 4 memory transfers per element (read both, write both) instead of
-        6 (``lerp_`` reads 2 and writes 1; ``copy_`` reads 1 and, write-allocating, reads and
-        writes 1).
-        """
+        """Lookahead's sync (:func:`~lightning_ranger.optim.lookahead.lookahead_sync_`) of the
+        tracked parameters, on the batches cut for their current storage."""
         if self.shows_slow:
             raise RuntimeError("Cannot sync the slow weights while the module holds them")
-        for s, f in self._sync_plan():
-            # `lerp_` needs one dtype; float32 copies of 16-bit fast weights are exact.
-            end = f if f[0].dtype == s[0].dtype else [t.to(s[0].dtype) for t in f]
-            torch._foreach_lerp_(s, end, alpha)
-            torch._foreach_copy_(f, s)
+        for slow_batch, fast_batch in self._sync_batches():
+            sync_batch_(slow_batch, fast_batch, alpha)
 
-    @torch.no_grad()
     def first_nonfinite(self, device: torch.device) -> Tensor:
         """The index in :attr:`names` of the first tracked parameter whose local fast weights hold
-        a NaN or an infinity, ``len(names)`` if none does: an int64 scalar on ``device``.
-
-        One read of the fast weights, without a copy: a float32 sum per parameter (on the CPU,
-        where it runs near the memory bandwidth) or a multi-tensor L1 norm per device and dtype
-        (elsewhere), which is non-finite exactly when a value is (or when the sum exceeds float32's
-        range, about 3.4e38).
-        """
-        fast = _locals(self._params)
-        first = torch.full((), len(fast), dtype=torch.int64, device=device)
-        for (group_device, _, _), indices in group_indices(fast).items():
-            indices = [i for i in indices if fast[i].numel()]
-            if not indices:
-                continue
-            if group_device.type == "cpu":
-                sums = [fast[i].sum(dtype=torch.float32) for i in indices]
-            else:
-                sums = list(torch._foreach_norm([fast[i] for i in indices], 1, dtype=torch.float32))
-            index = torch.tensor(indices, device=group_device)
-            index = index.masked_fill(torch.stack(sums).isfinite(), len(fast))
-            first = torch.minimum(first, index.min().to(device))
-        return first
+        a NaN or an infinity, ``len(names)`` if none does
+        (:func:`~lightning_ranger.optim.lookahead.first_nonfinite`)."""
+        return first_nonfinite(self._params, device)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -220,18 +182,12 @@ class SlowWeights:
             )
         torch._foreach_copy_(_locals(self._params), _locals(self._slow))
 
-    def _sync_plan(self) -> list[tuple[list[Tensor], list[Tensor]]]:
+    def _sync_batches(self) -> list[SyncBatch]:
         fast, slow = _locals(self._params), _locals(self._slow)
-        key = [t.data_ptr() for t in fast + slow]
-        if key != self._plan_key:
-            self._plan, self._plan_key = [], key
-            groups = group_indices(slow, key=[f.dtype for f in fast])
-            for (device, _, _), indices in groups.items():
-                batch_numel = CPU_BATCH_NUMEL if device.type == "cpu" else None
-                slow_group = [slow[i] for i in indices]
-                fast_group = [fast[i] for i in indices]
-                self._plan.extend(_batches(slow_group, fast_group, batch_numel))
-        return self._plan
+        storage = [t.data_ptr() for t in fast + slow]
+        if storage != self._batches_storage:
+            self._batches, self._batches_storage = sync_batches(slow, fast), storage
+        return self._batches
 
     @torch.no_grad()
     def follow_parameters(self) -> None:
@@ -241,7 +197,7 @@ class SlowWeights:
         self._slow = [s.to(p.device) for s, p in zip(self._slow, self._params, strict=True)]
         if self._stash is not None:
             self._stash = [t.to(p.device) for t, p in zip(self._stash, self._params, strict=True)]
-        self._plan, self._plan_key = [], []
+        self._batches, self._batches_storage = [], []
 
     @torch.no_grad()
     def show_slow(self) -> bool:
@@ -306,34 +262,6 @@ class SlowWeights:
                 _copy_into(dst, src)
 
 
-def _batches(
-    slow: list[Tensor], fast: list[Tensor], batch_numel: int | None
-) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
-    """Matching lists of slices of ``slow`` and ``fast`` with about ``batch_numel`` elements each
-    (larger contiguous tensors are split into flat slices); all of them at once if
-    ``batch_numel`` is ``None``."""
-    if batch_numel is None:
-        yield slow, fast
-        return
-    batch_s: list[Tensor] = []
-    batch_f: list[Tensor] = []
-    numel = 0
-    for s, f in zip(slow, fast, strict=True):
-        if s.numel() > batch_numel and s.is_contiguous() and f.is_contiguous():
-            pieces = zip(s.view(-1).split(batch_numel), f.view(-1).split(batch_numel), strict=True)
-        else:
-            pieces = zip([s], [f], strict=True)
-        for piece_s, piece_f in pieces:
-            batch_s.append(piece_s)
-            batch_f.append(piece_f)
-            numel += piece_s.numel()
-            if numel >= batch_numel:
-                yield batch_s, batch_f
-                batch_s, batch_f, numel = [], [], 0
-    if batch_s:
-        yield batch_s, batch_f
-
-
 def _copy_into(dst: Tensor, src: Tensor) -> None:
     if isinstance(dst, DTensor) and not isinstance(src, DTensor):
         # A full tensor (from a single-file checkpoint): every rank holds it, so each one takes its
@@ -344,7 +272,7 @@ def _copy_into(dst: Tensor, src: Tensor) -> None:
             dst.placements,
             src_data_rank=None,
         )
-    _local(dst).copy_(_local(src))
+    local_tensor(dst).copy_(local_tensor(src))
 
 
 def mismatch_message(checkpoint: Sequence[str], module: Sequence[str]) -> str | None:

@@ -49,10 +49,10 @@ from lightning_ranger.callbacks._slow_weights import (
     SlowWeights,
     mismatch_message,
     named_parameters,
-    slow_dtype,
     trainable_parameters,
 )
 from lightning_ranger.callbacks._strategies import check_strategy, flat_shard_device
+from lightning_ranger.optim.lookahead import slow_dtype
 
 __all__ = [
     "FAST_WEIGHTS_KEY",
