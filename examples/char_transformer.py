@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt
 import torch
 from _study.figures import COLORS, save
 from _study.history import ValidationHistory
-from _study.recipes import MAIN, RECIPES, RecipeOptimizers, ranger_config
+from _study.recipes import MAIN, RECIPES, RecipeOptimizers, ranger_config, study_parser
 from _study.runner import run_all
 from _study.summary import aggregate, markdown_table
 from lightning.pytorch import LightningModule
@@ -245,19 +245,8 @@ def plot(results: list[CharResult], path: Path) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = study_parser(__doc__, MAIN)
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-3, 3e-2])
-    parser.add_argument(
-        "--optimizers",
-        nargs="+",
-        choices=list(RECIPES),
-        default=list(MAIN),
-        metavar="NAME",
-        help=f"optimizers, of {list(RECIPES)}",
-    )
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell")
     parser.add_argument("--steps", type=int, help=f"optimizer steps (default {FULL.steps})")
     parser.add_argument("--beta2", type=float, default=0.98)

@@ -51,7 +51,7 @@ from pathlib import Path
 from _study import claims, figures
 from _study.digits_runs import DigitsResult, DigitsRun, initial_gradients, train_digits
 from _study.events import load_events, scalar_series
-from _study.recipes import RECIPES, adaptive
+from _study.recipes import RECIPES, adaptive, study_parser
 from _study.runner import run_all
 from _study.sampling_variance import SamplingVariance, sampling_variance
 from _study.summary import Grid, aggregate, markdown_table
@@ -90,19 +90,8 @@ SCAN_AT = (0.1, 1 / 3, 2 / 3, 1.0)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; grid options left out take the full (or ``--quick``) preset's value."""
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = study_parser(__doc__, RECIPES)
     parser.add_argument("--lrs", type=float, nargs="+", help=f"learning rates (full: {FULL.lrs})")
-    parser.add_argument(
-        "--optimizers",
-        nargs="+",
-        choices=list(RECIPES),
-        default=list(RECIPES),
-        metavar="NAME",
-        help=f"optimizers, of {list(RECIPES)}",
-    )
     parser.add_argument("--seeds", type=int, help=f"seeds 0..N-1 per cell (full: {FULL.seeds})")
     parser.add_argument("--epochs", type=int, help=f"epochs per run (full: {FULL.epochs})")
     parser.add_argument("--batch-size", type=int, default=64)

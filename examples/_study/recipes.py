@@ -9,6 +9,8 @@ exempt biases and normalization weights).
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
@@ -98,3 +100,21 @@ class RecipeOptimizers:
                 freeze_steps=self.hparams["freeze_steps"],
             )
         return super().configure_optimizers()  # type: ignore[misc]
+
+
+def study_parser(doc: str | None, recipes: Sequence[str]) -> argparse.ArgumentParser:
+    """A study's command line, described by the first line of ``doc``, with ``--optimizers``
+    (the recipes to compare; ``recipes`` by default)."""
+    parser = argparse.ArgumentParser(
+        description=(doc or "").splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        choices=list(RECIPES),
+        default=list(recipes),
+        metavar="NAME",
+        help=f"optimizers, of {list(RECIPES)}",
+    )
+    return parser
