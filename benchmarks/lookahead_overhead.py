@@ -1,12 +1,16 @@
 """Cost of Lookahead's sync on ResNet-18's parameters, three figures from one run.
 
-1. One sync, with the check for NaN/inf that precedes it, against its memory bound. The check
-   reads the fast weights (1 transfer per parameter); the sync reads the slow and the fast weights
-   and writes both (4 transfers): 5 float32 transfers per parameter, since the slow weights may
-   only change once every rank's check has passed. The bound is 5 transfers at the bandwidth of
-   an in-place add (``a += b``: 3 transfers) over tensors of the same shapes, measured in the same
-   run. The check alone and the sync alone are reported against their own bounds (1 and 4
-   transfers) too.
+The sync and its check are the plain-PyTorch functions of :mod:`lightning_ranger.optim.lookahead`:
+``lookahead_sync_(slow, fast, alpha)`` as a plain loop calls it, the same sync with its batches cut
+once (``sync_batches``, then ``sync_batch_`` on each batch at every sync, as the Lookahead callback
+runs it) and ``first_nonfinite(fast)``, the check for NaN/inf that precedes it.
+
+1. One checked sync against its memory bound. The check reads the fast weights (1 transfer per
+   parameter); the sync reads the slow and the fast weights and writes both (4 transfers): 5
+   float32 transfers per parameter, since the slow weights may only change once every rank's
+   check has passed. The bound is 5 transfers at the bandwidth of an in-place add (``a += b``: 3
+   transfers) over tensors of the same shapes, measured in the same run. The check alone and the
+   syncs alone are reported against their own bounds (1 and 4 transfers) too.
 2. The amortized cost per optimizer step at ``k`` (one checked sync every ``k`` steps), relative
    to one :class:`~lightning_ranger.RAdam` step.
 3. The overhead on a full ResNet-18 training step (forward, backward, RAdam step; batch 32, 32x32
@@ -31,7 +35,12 @@ from _report import Run, argument_parser, markdown_table, ms, ratio_cell, verdic
 from _timing import InPlaceAdd, Timer, bandwidth, interleaved, memory_bound
 
 from lightning_ranger import RAdam
-from lightning_ranger.callbacks._slow_weights import SlowWeights
+from lightning_ranger.optim.lookahead import (
+    first_nonfinite,
+    lookahead_sync_,
+    sync_batch_,
+    sync_batches,
+)
 
 TARGET_VS_BOUND = 1.3
 ALPHA = 0.5
@@ -51,24 +60,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = torchvision.models.resnet18().to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = RAdam(params, lr=1e-3)
-    slow = SlowWeights(model)
+    fast = [p.detach() for p in params]
+    slow = [p.detach().clone() for p in params]
+    batches = sync_batches(slow, fast)
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     for _ in range(6):  # past RAdam's un-rectified first steps
         optimizer.step()
 
     def check() -> None:
-        slow.first_nonfinite(device).item()
+        first_nonfinite(fast, device).item()
+
+    def sync_cut_once() -> None:
+        for slow_batch, fast_batch in batches:
+            sync_batch_(slow_batch, fast_batch, ALPHA)
 
     def checked_sync() -> None:
         check()
-        slow.sync(ALPHA)
+        sync_cut_once()
 
     # 1 and 2: the check, the sync, both, the in-place add that sets the bound, a RAdam step.
     add = InPlaceAdd([p.shape for p in params], device)
-    passes = {"check": check, "sync": lambda: slow.sync(ALPHA), "checked sync": checked_sync}
+    checked = "checked sync (the check, then the sync cut once)"
+    passes = {
+        "check (`first_nonfinite`)": check,
+        "sync (`lookahead_sync_`)": lambda: lookahead_sync_(slow, fast, ALPHA),
+        "sync cut once (`sync_batches` once, `sync_batch_` each time, as the callback)": (
+            sync_cut_once
+        ),
+        checked: checked_sync,
+    }
     t = interleaved({"add": add, **passes, "radam": optimizer.step}, args.reps, Timer(device))
-    transfers = {"check": 1, "sync": 4, "checked sync": 5}
+    transfers = dict(zip(passes, (1, 4, 4, 5), strict=True))
     bounds = {
         name: memory_bound(t["add"], add.nbytes, transfers[name], add.nbytes) for name in passes
     }
@@ -97,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows.append(
         [
             f"one checked sync every {args.k} steps, share of a RAdam step",
-            f"{ms(t['checked sync'].median)} / ({args.k} x {ms(t['radam'].median)})",
-            ratio_cell(t["checked sync"].ratio(t["radam"], per=args.k), percent=True),
+            f"{ms(t[checked].median)} / ({args.k} x {ms(t['radam'].median)})",
+            ratio_cell(t[checked].ratio(t["radam"], per=args.k), percent=True),
         ]
     )
     rows.append(
@@ -116,8 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"the in-place-add bandwidth ({bytes_per_s / 1e9:.1f} GB/s); medians (minima) of "
         f"{args.reps} interleaved rounds ({args.train_reps} for the training step):"
     )
-    checked = t["checked sync"].ratio(bounds["checked sync"]).median
-    met = verdict("checked sync / its memory bound", checked, TARGET_VS_BOUND)
+    vs_bound = t[checked].ratio(bounds[checked]).median
+    met = verdict("checked sync / its memory bound", vs_bound, TARGET_VS_BOUND)
     run.finish([title, markdown_table(["figure", "ms", "ratio"], rows), f"- {met}"])
 
 
