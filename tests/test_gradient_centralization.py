@@ -1,6 +1,7 @@
-"""GradientCentralization on a single device: the formula against a hand loop, which parameters it
-touches, Lightning runs against the same runs written in plain PyTorch (accumulation, precisions, a
-GradScaler that skips a step), and bad input."""
+"""GradientCentralization as a callback on a single device: which parameters it touches, Lightning
+runs against the same runs written in plain PyTorch (accumulation, precisions, a GradScaler that
+skips a step), bad input and refused strategies. The formula itself is tested in
+``test_centralization.py``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from unittest.mock import Mock
 import pytest
 import torch
 from helpers.asserts import assert_close
-from helpers.data import batches_of, gradients_of_many_layouts, make_data
+from helpers.data import batches_of, make_data
 from helpers.models import Net, TinyNet
 from helpers.references import (
     GC_LR,
@@ -24,48 +25,9 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor, nn
 
-from lightning_ranger.callbacks.gradient_centralization import (
-    CPU_BLOCK_NUMEL,
-    GradientCentralization,
-    centralize_gradients,
-)
-
-# ---------------------------------------------------------------- the formula
-
-
-@pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 2e-6), (torch.float64, 1e-14)])
-@pytest.mark.parametrize("cpu_block_numel", [None, 1000, 1, CPU_BLOCK_NUMEL])
-def test_matches_the_hand_loop(
-    dtype: torch.dtype, atol: float, cpu_block_numel: int | None
-) -> None:
-    grads = gradients_of_many_layouts(dtype)
-    expected = [centralized(g) for g in grads]
-    storage = [(g.data_ptr(), g.stride()) for g in grads]
-    centralize_gradients(grads, cpu_block_numel)
-    assert [(g.data_ptr(), g.stride()) for g in grads] == storage  # in place
-    for g, e in zip(grads, expected, strict=True):
-        assert g.dtype == dtype
-        torch.testing.assert_close(g, e, rtol=0, atol=atol)
-        if g.numel():
-            means = g.mean(dim=tuple(range(1, g.ndim))) if g.ndim > 1 else g.mean()
-            torch.testing.assert_close(means, torch.zeros_like(means), rtol=0, atol=atol)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_16_bit_gradients_get_a_float32_mean(dtype: torch.dtype) -> None:
-    grads = gradients_of_many_layouts(dtype)
-    # The exact result in float64, rounded once to the gradient's dtype.
-    expected = [centralized(g.double()).to(dtype) for g in grads]
-    centralize_gradients(grads)
-    for g, e in zip(grads, expected, strict=True):
-        assert g.dtype == dtype
-        torch.testing.assert_close(g.double(), e.double(), rtol=torch.finfo(dtype).eps, atol=1e-3)
-
-
-def test_a_scalar_is_refused() -> None:
-    with pytest.raises(ValueError, match="rank >= 1, got a scalar"):
-        centralize_gradients([torch.tensor(1.0)])
-
+from lightning_ranger.callbacks import gradient_centralization
+from lightning_ranger.callbacks.gradient_centralization import GradientCentralization
+from lightning_ranger.optim.centralization import CPU_BLOCK_NUMEL, centralize_gradients
 
 # ---------------------------------------------------------------- which parameters
 
@@ -346,11 +308,11 @@ def test_16_mixed_with_an_optimizer_that_unscales_itself(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"min_ndim": 0}, ValueError, r"`min_ndim` must be >= 1 .*got 0"),
-        ({"min_ndim": -2}, ValueError, r"`min_ndim` must be >= 1 .*got -2"),
-        ({"min_ndim": 2.0}, TypeError, r"`min_ndim` must be an int >= 1, got 2.0"),
-        ({"min_ndim": True}, TypeError, r"`min_ndim` must be an int >= 1, got True"),
-        ({"min_ndim": "2"}, TypeError, r"`min_ndim` must be an int >= 1, got '2'"),
+        ({"min_ndim": 0}, ValueError, r"`min_ndim` must be a positive int \(the rank .*got 0"),
+        ({"min_ndim": -2}, ValueError, r"`min_ndim` must be a positive int \(the rank .*got -2"),
+        ({"min_ndim": 2.0}, TypeError, r"`min_ndim` must be a positive int .*, got 2.0"),
+        ({"min_ndim": True}, TypeError, r"`min_ndim` must be a positive int .*, got True"),
+        ({"min_ndim": "2"}, TypeError, r"`min_ndim` must be a positive int .*, got '2'"),
         ({"include_linear": 1}, TypeError, r"`include_linear` must be a bool, got 1"),
         ({"include_linear": None}, TypeError, r"`include_linear` must be a bool, got None"),
     ],
@@ -372,3 +334,8 @@ def test_fsdp1_and_deepspeed_are_refused_at_setup(strategy: type) -> None:
     ):
         callback.setup(trainer, Net(), stage="fit")
     callback.setup(trainer, Net(), stage="validate")  # nothing to centralize: no refusal
+
+
+def test_the_callback_module_still_exports_the_formula() -> None:
+    assert gradient_centralization.centralize_gradients is centralize_gradients
+    assert gradient_centralization.CPU_BLOCK_NUMEL == CPU_BLOCK_NUMEL

@@ -17,7 +17,7 @@ import torch.distributed.checkpoint as dcp
 from helpers.asserts import assert_close, assert_equal
 from helpers.launch import run_two_processes
 from helpers.models import TinyNet, poison
-from helpers.references import tiny_radam_reference
+from helpers.references import tiny_lookahead_reference
 
 from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY
 
@@ -83,7 +83,7 @@ def test_a_nan_on_one_ranks_shard_restores_every_rank_as_a_hand_loop_does(
             assert bias.grad is not None
             poison(bias.grad)
 
-    ref_fast, ref_slow = tiny_radam_reference(net, epochs=3, k=3, before_step=before_step)
+    ref_fast, ref_slow = tiny_lookahead_reference(net, epochs=3, k=3, before_step=before_step)
     records = [_record(out, variant, "uninterrupted", rank) for rank in (0, 1)]
     for record in records:
         assert record["restores"] == 1
@@ -100,7 +100,7 @@ def test_a_nan_on_one_ranks_shard_restores_every_rank_as_a_hand_loop_does(
 def reference() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One process on the full batches of 4 (each rank takes half of each)."""
     net = TinyNet()
-    return tiny_radam_reference(net, epochs=3, k=3)
+    return tiny_lookahead_reference(net, epochs=3, k=3)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

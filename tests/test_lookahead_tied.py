@@ -12,11 +12,9 @@ import pytest
 import torch
 from helpers.asserts import assert_equal, fast_and_slow
 from helpers.models import TiedLM
-from helpers.trainers import make_trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from helpers.trainers import fit_lookahead, make_trainer
 
-from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY, Lookahead
-from lightning_ranger.callbacks.slow_weight_swap import SlowWeightSwap
+from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY
 
 CKPT = "epoch=0-step=5.ckpt"  # 5 steps, k=3: 2 steps after the last sync
 pytestmark = pytest.mark.filterwarnings("ignore:.*dirpath has changed")
@@ -24,16 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*dirpath has changed")
 
 def _fit(tmp_path: Path, name: str, max_epochs: int, ckpt_path: Any = None) -> tuple[dict, dict]:
     model = TiedLM(seed=7 if ckpt_path else 0)
-    lookahead = Lookahead(k=3, alpha=0.5, final_weights="fast")
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / name, save_top_k=-1, every_n_epochs=1)
-    trainer = make_trainer(
-        tmp_path / name,
-        [lookahead, SlowWeightSwap(), checkpoint],
-        max_epochs=max_epochs,
-        limit_val_batches=None,
-        enable_checkpointing=True,
-    )
-    trainer.fit(model, ckpt_path=ckpt_path)
+    _, lookahead = fit_lookahead(tmp_path, name, model, max_epochs, ckpt_path)
     assert model.out.weight is model.emb.weight
     return fast_and_slow(lookahead, model)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers.asserts import assert_close, assert_equal, fast_and_slow, params
 from helpers.models import Net, TinyNet
-from helpers.references import tiny_radam_reference
+from helpers.references import tiny_lookahead_reference
 from helpers.trainers import make_trainer
 from lightning.pytorch.callbacks import BackboneFinetuning, ModelCheckpoint
 from torch import nn
@@ -72,7 +72,7 @@ def test_a_parameter_unfrozen_after_the_start_is_tracked_from_the_next_sync(
         for p in net.layers["inp"].parameters():
             p.requires_grad_(epoch >= 1)
 
-    ref_fast, ref_slow = tiny_radam_reference(net, epochs=EPOCHS, k=K, before_epoch=before_epoch)
+    ref_fast, ref_slow = tiny_lookahead_reference(net, epochs=EPOCHS, k=K, before_epoch=before_epoch)
     assert_close(fast, ref_fast, atol=1e-6)
     assert_close(slow, ref_slow, atol=1e-6)
     assert not torch.equal(fast[INP[0]], TinyNet().layers["inp"].weight)  # it did train

@@ -27,7 +27,7 @@ from helpers.data import make_data
 from helpers.launch import run_two_processes
 from helpers.models import TinyNet
 from helpers.pl import NAMESPACES, PLCPUFSDPStrategy, PLNet, make_trainer, namespace, net_class
-from helpers.references import tiny_radam_reference
+from helpers.references import tiny_lookahead_reference
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
@@ -267,7 +267,7 @@ def _record(out: Path, variant: str, rank: int) -> dict:
 def reference() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One process on the full batches of 4 (each rank takes half of each), one epoch."""
     net = TinyNet()
-    return tiny_radam_reference(net, epochs=1, k=3)
+    return tiny_lookahead_reference(net, epochs=1, k=3)
 
 
 @pytest.mark.distributed

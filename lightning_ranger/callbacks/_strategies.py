@@ -37,15 +37,15 @@ _FSDP1 = (
 _SHARDING = ("FULL_SHARD", "NO_SHARD")
 
 
-def check_strategy(strategy: Strategy, callback: str, reason: str, fsdp1: bool) -> None:
+def check_strategy(strategy: Strategy, callback: str, reason: str, allow_fsdp1: bool) -> None:
     """Raise a ``ValueError`` naming what works if ``callback`` cannot run under ``strategy``:
-    DeepSpeed always (``reason`` says why), FSDP1 unless ``fsdp1`` and configured as
+    DeepSpeed always (``reason`` says why), FSDP1 unless ``allow_fsdp1`` and configured as
     :func:`flat_shard_device` needs."""
-    supported = _EVERYWHERE + (_FSDP1 if fsdp1 else "")
+    supported = _EVERYWHERE + (_FSDP1 if allow_fsdp1 else "")
     name = type(strategy).__name__
     fsdp = _fsdp1(strategy)
     deepspeed = lightning_isinstance(strategy, "strategies.DeepSpeedStrategy")
-    if deepspeed or (fsdp is not None and not fsdp1):
+    if deepspeed or (fsdp is not None and not allow_fsdp1):
         raise ValueError(
             f"`{callback}` does not support `Trainer(strategy={name})`: {reason}. Use {supported}."
         )

@@ -1,58 +1,36 @@
-r"""Lookahead (Zhang et al., 2019, Algorithm 1) as a Lightning callback.
-
-Checkpoint layout
-^^^^^^^^^^^^^^^^^
-
-A single-file checkpoint (single device, DDP, or ``ModelParallelStrategy`` with
-``save_distributed_checkpoint=False``) written while :class:`Lookahead` is active holds:
-
-- ``checkpoint["state_dict"]``: the module's state with the **slow** weights in place of the
-  tracked parameters, under every key of a tensor that several modules share (tied weights), and
-  in float32 for float16/bfloat16 parameters (``load_state_dict`` casts them), so
-  ``Model.load_from_checkpoint(path)`` gives the weights to deploy. Buffers are the module's own.
-- ``checkpoint["lookahead_fast_weights"]``: ``{parameter name: fast weight}``.
-- ``checkpoint["lookahead_slow_weights"]``: under ``ModelParallelStrategy`` and ``FSDPStrategy``
-  (FSDP1), whose loading puts ``state_dict`` into the module before callbacks see it, the float32
-  slow weights of the float16/bfloat16 parameters once more, so that a resume is exact.
-- ``checkpoint["callbacks"]["Lookahead"]``: ``{"synced_at_step": int, "names": list[str],
-  "restores": int}``: the ``trainer.global_step`` of the last sync (or of the start), the tracked
-  parameters' names (each parameter once, under its first name), and how many times the fast
-  weights were restored from the slow ones.
-
-Under FSDP1 the full tensors are gathered from each rank's slices of the flat parameters (only
-``state_dict_type="full"`` is supported). A sharded checkpoint (a distributed-checkpoint folder,
-``ModelParallelStrategy``) keeps each
-rank's shards of both weights in ``state_dict`` entries, which every rank writes: the slow weights
-under the parameter names, the fast ones under ``state_dict.lookahead_fast_weights.<name>``. The
-callback state above lives in the metadata file, which Lightning writes from rank 0 only.
-"""
+"""Lookahead (Zhang et al., 2019, Algorithm 1) as a Lightning callback: the hooks that decide
+when the slow weights sync, whether the fast weights are finite, and which weights the module
+shows; the sync itself is :func:`~lightning_ranger.optim.lookahead.lookahead_sync_`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
-from torch.distributed.tensor import DTensor
 from typing_extensions import override
 
 from lightning_ranger._namespaces import lightning_isinstance
-from lightning_ranger._utils import is_real
-from lightning_ranger.callbacks._slow_weights import (
-    SlowWeights,
-    mismatch_message,
-    named_parameters,
-    trainable_parameters,
+from lightning_ranger._validation import check_choice, check_int, check_real
+from lightning_ranger.callbacks._lookahead_checkpoint import (
+    FAST_WEIGHTS_KEY,
+    SLOW_WEIGHTS_KEY,
+    check_checkpoint_names,
+    load_sharded,
+    save_weights,
+    weights_to_load,
 )
+from lightning_ranger.callbacks._lookahead_faults import (
+    RESTORES_METRIC,
+    nonfinite_parameter,
+    restart_fast_weights,
+)
+from lightning_ranger.callbacks._slow_weights import SlowWeights
 from lightning_ranger.callbacks._strategies import check_strategy, flat_shard_device
-from lightning_ranger.optim.lookahead import slow_dtype
 
 __all__ = [
     "FAST_WEIGHTS_KEY",
@@ -61,14 +39,6 @@ __all__ = [
     "Lookahead",
     "lookahead_callbacks",
 ]
-
-FAST_WEIGHTS_KEY = "lookahead_fast_weights"
-SLOW_WEIGHTS_KEY = "lookahead_slow_weights"
-#: The metric under which Lookahead logs its running count of restores.
-RESTORES_METRIC = "lookahead/restores"
-#: Strategies that load ``checkpoint["state_dict"]`` into the module and drop it before callbacks.
-_LOADS_STATE_DICT_FIRST = ("strategies.FSDPStrategy", "strategies.ModelParallelStrategy")
-_ON_NONFINITE = ("restore", "raise")
 
 
 class Lookahead(Callback):
@@ -109,19 +79,19 @@ class Lookahead(Callback):
       is emptied (Adam-like moments and RAdam's rectification warm up again) and the ``k``-cycle
       goes on from there; a rank-zero warning names the step and the first non-finite parameter,
       and the running count is logged as ``lookahead/restores``. ``"raise"`` raises instead.
-    - *Cost*: the check reads the fast weights once (a multi-tensor L1 norm). The sync is a
-      multi-tensor ``lerp_`` and ``copy_`` per device and dtype (on the CPU, alternating over
-      cache-sized batches, so that each element crosses the memory bus 4 times rather than 6):
-      5 transfers per element with the check. The memory is one extra copy of the trainable
+    - *Cost*: the check reads the fast weights once, the sync
+      (:func:`~lightning_ranger.optim.lookahead.lookahead_sync_`) reads and writes both weights
+      once: 5 memory transfers per element. The memory is one extra copy of the trainable
       parameters (one shard of it per rank under FSDP2), in float32 for float16/bfloat16
       parameters. Evaluating on the slow weights stashes a copy of the fast ones meanwhile.
     - *After fit*: the module holds the slow weights (``final_weights="slow"``, the paper's output)
       or keeps the fast ones (``"fast"``); a checkpoint saved then resumes the same either way.
     - *Checkpoints*: ``checkpoint["state_dict"]`` holds the slow weights; the fast weights and the
-      position in the ``k``-cycle are saved too, so resuming continues bit-for-bit (see the module
-      docstring for the layout). Resuming from a checkpoint written without Lookahead starts the
-      slow weights from the loaded weights. Checkpoints with ``save_weights_only=True`` do not call
-      callbacks and hold the module's current (fast) weights.
+      position in the ``k``-cycle are saved too, so resuming continues bit-for-bit (the layout is
+      on the documentation's checkpoints page). Resuming from a checkpoint written without
+      Lookahead starts the slow weights from the loaded weights. Checkpoints with
+      ``save_weights_only=True`` do not call callbacks and hold the module's current (fast)
+      weights.
     - *Strategies*: a single device, DDP, FSDP2 (``ModelParallelStrategy``) and ``FSDPStrategy``
       (FSDP1) with ``use_orig_params=True``, ``state_dict_type="full"`` and ``FULL_SHARD`` or
       ``NO_SHARD`` (Lightning's defaults but the last): the slow weights are copies of each rank's
@@ -138,8 +108,8 @@ class Lookahead(Callback):
             fast weights from the slow ones, or ``"raise"``. Default: ``"restore"``.
 
     Raises:
-        TypeError: if ``k`` is not an int, ``alpha`` not a real number or ``on_nonfinite`` not a
-            string.
+        TypeError: if ``k`` is not an int, ``alpha`` not a real number, ``final_weights`` or
+            ``on_nonfinite`` not a string.
         ValueError: if ``k < 1``, ``alpha`` is outside ``(0, 1]`` or NaN, ``final_weights`` or
             ``on_nonfinite`` is unknown; at setup, if the trainer has two ``Lookahead`` callbacks
             or a strategy that is refused (above); when resuming, if the checkpoint holds weights
@@ -165,24 +135,14 @@ class Lookahead(Callback):
         final_weights: Literal["slow", "fast"] = "slow",
         on_nonfinite: Literal["restore", "raise"] = "restore",
     ) -> None:
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"`k` must be a positive int, got {k!r}")
-        if k < 1:
-            raise ValueError(f"`k` must be a positive int, got {k}")
-        if not is_real(alpha):
-            raise TypeError(f"`alpha` must be a float in (0, 1], got {alpha!r}")
-        if not 0.0 < alpha <= 1.0:  # also rejects NaN
-            raise ValueError(f"`alpha` must be in (0, 1], got {alpha}")
-        if final_weights not in ("slow", "fast"):
-            raise ValueError(f"`final_weights` must be 'slow' or 'fast', got {final_weights!r}")
-        if not isinstance(on_nonfinite, str):
-            raise TypeError(f"`on_nonfinite` must be 'restore' or 'raise', got {on_nonfinite!r}")
-        if on_nonfinite not in _ON_NONFINITE:
-            raise ValueError(f"`on_nonfinite` must be 'restore' or 'raise', got {on_nonfinite!r}")
-        self.k = k
-        self.alpha = float(alpha)
-        self.final_weights = final_weights
-        self.on_nonfinite = on_nonfinite
+        self.k = check_int("k", k)
+        self.alpha = check_real("alpha", alpha, 0.0, 1.0, low_open=True)
+        self.final_weights: Literal["slow", "fast"] = check_choice(
+            "final_weights", final_weights, ("slow", "fast")
+        )
+        self.on_nonfinite: Literal["restore", "raise"] = check_choice(
+            "on_nonfinite", on_nonfinite, ("restore", "raise")
+        )
         #: How many times the fast weights were restored from the slow ones (kept across resumes).
         self.restores = 0
         self._weights: SlowWeights | None = None
@@ -204,7 +164,7 @@ class Lookahead(Callback):
             trainer.strategy,
             "Lookahead",
             "its flat-parameter partitions cannot be addressed by parameter name",
-            fsdp1=True,
+            allow_fsdp1=True,
         )
         callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set at init
         if any(
@@ -271,7 +231,7 @@ class Lookahead(Callback):
     def _sync(self, trainer: pl.Trainer) -> None:
         """Take up newly trainable parameters, check the fast weights on every rank, then sync or
         handle the fault."""
-        assert self._weights is not None
+        assert self._weights is not None and self._synced_at_step is not None
         step = trainer.global_step
         new = self._weights.track_new()
         if new:
@@ -280,30 +240,17 @@ class Lookahead(Callback):
                 f"tracked from step {step} on, their slow weights starting from their values "
                 f"there: {new}"
             )
-        first = self._weights.first_nonfinite(trainer.strategy.root_device)
-        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
-            dist.all_reduce(first, op=dist.ReduceOp.MIN)
-        index = int(first.item())
-        if index == len(self._weights.names):
+        name = nonfinite_parameter(self._weights, trainer)
+        if name is None:
             self._weights.sync(self.alpha)
             return
-        name = self._weights.names[index]
         if self.on_nonfinite == "raise":
             raise FloatingPointError(
                 f"Lookahead found a NaN or infinite fast weight in parameter {name!r} at step "
                 f"{step} (`on_nonfinite='raise'`)"
             )
-        self._weights.restore()
-        for optimizer in trainer.optimizers:
-            optimizer.state.clear()
         self.restores += 1
-        rank_zero_warn(
-            f"Lookahead found a NaN or infinite fast weight in parameter {name!r} at step {step}: "
-            f"the fast weights restart from the slow weights of step {self._synced_at_step} and "
-            f"the optimizers' state is cleared (restores so far: {self.restores})"
-        )
-        for logger in trainer.loggers:
-            logger.log_metrics({RESTORES_METRIC: float(self.restores)}, step=step)
+        restart_fast_weights(self._weights, trainer, name, self._synced_at_step, self.restores)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -337,24 +284,7 @@ class Lookahead(Callback):
     ) -> None:
         if self._weights is None:
             return
-        state_dict = checkpoint["state_dict"]
-        sharded = any(isinstance(state_dict.get(n), DTensor) for n in self._weights.names)
-        # A full checkpoint gathers shards on every rank (a collective); only rank 0 writes it.
-        slow, fast = self._weights.tensors(full=not sharded)
-        if self._weights.flat_shards:
-            slow, fast = _shaped_like(state_dict, slow), _shaped_like(state_dict, fast)
-        state_dict.update(slow)
-        for name, aliases in self._weights.aliases.items():  # tied weights: every key of the tensor
-            for alias in aliases:
-                if name in slow and alias in state_dict:
-                    state_dict[alias] = slow[name]
-        if sharded:  # only `state_dict` entries are written by every rank
-            state_dict[FAST_WEIGHTS_KEY] = fast
-        else:
-            checkpoint[FAST_WEIGHTS_KEY] = fast
-            if lightning_isinstance(trainer.strategy, *_LOADS_STATE_DICT_FIRST):
-                widened = _widened(named_parameters(pl_module), self._weights.names)
-                checkpoint[SLOW_WEIGHTS_KEY] = {n: t for n, t in slow.items() if n in widened}
+        save_weights(self._weights, trainer, pl_module, checkpoint)
 
     @override
     def on_load_checkpoint(
@@ -374,84 +304,18 @@ class Lookahead(Callback):
                 self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy))
             return
         names: list[str] = state["names"]
-        parameters = named_parameters(pl_module)
-        if any(name not in parameters for name in names):
-            mismatch = mismatch_message(names, list(trainable_parameters(pl_module)))
-            raise ValueError(
-                "The checkpoint holds Lookahead weights of parameters that the module does not "
-                f"have (compared with the module's parameters with `requires_grad`): {mismatch}"
-            )
-        frozen = [name for name in names if not parameters[name].requires_grad]
-        if frozen:
-            rank_zero_warn(
-                f"Lookahead: {len(frozen)} parameters were trainable when the checkpoint was "
-                "written and have `requires_grad=False` now; they stay tracked, and the syncs "
-                f"move them to their slow weights: {frozen}"
-            )
+        check_checkpoint_names(pl_module, names)
         if self._weights is not None and self._weights.names != tuple(names):
             self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy), names)
-        if FAST_WEIGHTS_KEY not in checkpoint:
-            self._load_sharded(trainer)
-            return
-        if "state_dict" in checkpoint:
-            slow = {name: checkpoint["state_dict"][name] for name in names}
+        loaded = weights_to_load(trainer, pl_module, checkpoint, names)
+        if loaded is None:
+            # Strategies restore sharded checkpoints after setup, so the slow weights exist.
+            assert self._weights is not None
+            load_sharded(self._weights, trainer.ckpt_path)
+        elif self._weights is None:  # restored before the strategy set up the model
+            self._pending = (names, *loaded)
         else:
-            slow = _slow_weights_loaded_into(trainer, pl_module, checkpoint, names)
-        fast = checkpoint[FAST_WEIGHTS_KEY]
-        if self._weights is None:  # restored before the strategy set up the model
-            self._pending = (names, slow, fast)
-        else:
-            self._weights.load(slow, fast)
-
-    def _load_sharded(self, trainer: pl.Trainer) -> None:
-        """Read this rank's slow and fast shards from a distributed-checkpoint folder."""
-        from torch.distributed.checkpoint import load
-
-        assert self._weights is not None  # strategies restore sharded checkpoints after setup
-        slow, fast = self._weights.load_targets()
-        with torch.no_grad():
-            load({"state_dict": {**slow, FAST_WEIGHTS_KEY: fast}}, checkpoint_id=trainer.ckpt_path)
-
-
-def _shaped_like(state_dict: dict[str, Any], flat: dict[str, Tensor]) -> dict[str, Tensor]:
-    """FSDP1's gathered, flattened weights in the shapes (and on the device) of Lightning's full
-    state dict, which only rank 0 holds (the others write nothing and get nothing)."""
-    return {
-        n: t.view(state_dict[n].shape).to(state_dict[n].device)
-        for n, t in flat.items()
-        if n in state_dict
-    }
-
-
-def _widened(parameters: dict[str, Tensor], names: Sequence[str]) -> list[str]:
-    """Those of ``names`` whose slow copies are wider than their parameters (16-bit ones)."""
-    return [n for n in names if slow_dtype(parameters[n].dtype) != parameters[n].dtype]
-
-
-def _slow_weights_loaded_into(
-    trainer: pl.Trainer,
-    pl_module: pl.LightningModule,
-    checkpoint: dict[str, Any],
-    names: Sequence[str],
-) -> dict[str, Tensor]:
-    """The slow weights, from the module that the strategy loaded ``checkpoint["state_dict"]``
-    into before dropping it from ``checkpoint`` (``ModelParallelStrategy`` and FSDP1, single-file
-    checkpoints), and for 16-bit parameters from ``checkpoint["lookahead_slow_weights"]``.
-    :meth:`SlowWeights.load` reads them before it overwrites the parameters with the fast ones."""
-    parameters = named_parameters(pl_module)
-    slow = {n: parameters[n].detach() for n in names}
-    slow.update(checkpoint.get(SLOW_WEIGHTS_KEY, {}))
-    rounded = [
-        n for n in _widened(parameters, names) if n not in checkpoint.get(SLOW_WEIGHTS_KEY, {})
-    ]
-    if rounded:  # written before checkpoints held them
-        rank_zero_warn(
-            f"`{type(trainer.strategy).__name__}` loaded the float32 slow weights of "
-            f"{len(rounded)} parameters from the single-file checkpoint into 16-bit parameters, "
-            f"and the checkpoint has no `{SLOW_WEIGHTS_KEY}`: the resumed run is close to an "
-            "uninterrupted one, not equal."
-        )
-    return slow
+            self._weights.load(*loaded)
 
 
 def lookahead_callbacks(trainer: pl.Trainer) -> list[Lookahead]:

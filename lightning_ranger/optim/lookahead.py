@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from lightning_ranger._utils import group_indices
+from lightning_ranger._validation import check_int
 
 __all__ = [
     "CPU_BATCH_NUMEL",
@@ -81,7 +82,14 @@ def sync_batches(
         fast: the fast weights.
         cpu_batch_numel: elements per batch on the CPU; ``None``: one batch per group there too.
 
+    Raises:
+        TypeError: if ``cpu_batch_numel`` is not an int or ``None``.
+        ValueError: if ``cpu_batch_numel < 1``, or ``slow`` and ``fast`` differ in length.
+
     """
+    cpu_batch_numel = check_int(
+        "cpu_batch_numel", cpu_batch_numel, meaning="elements per batch", optional=True
+    )
     slow_local = [local_tensor(t) for t in slow]
     fast_local = [local_tensor(t) for t in fast]
     if len(slow_local) != len(fast_local):
@@ -157,7 +165,8 @@ def lookahead_sync_(
         cpu_batch_numel: elements per batch on the CPU; ``None``: whole groups there too.
 
     Raises:
-        ValueError: if ``slow`` and ``fast`` differ in length.
+        TypeError: if ``cpu_batch_numel`` is not an int or ``None``.
+        ValueError: if ``cpu_batch_numel < 1``, or ``slow`` and ``fast`` differ in length.
 
     Example::
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from helpers.data import batches_of, make_data
-from helpers.models import TinyNet
+from helpers.models import TinyNet, make_optimizer
 from lightning_ranger import RAdam
 
 
@@ -160,17 +160,23 @@ def _slow_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
-def tiny_radam_reference(
-    net: TinyNet, *, epochs: int, k: int, **hooks: Callable[[int], None] | None
+def tiny_lookahead_reference(
+    net: TinyNet,
+    optimizer: str = "radam",
+    *,
+    samples: int = 20,
+    epochs: int,
+    k: int,
+    **hooks: Callable[[int], None] | None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """:func:`reference_lookahead` of ``net`` under ``RAdam(lr=0.05)``, ``alpha=0.5``, on
-    ``make_data(20)`` in batches of 4 (the data and optimizer of :class:`Net`'s default run),
-    keyed as the LightningModule names the parameters (``net.`` prefix). ``hooks`` are
-    ``before_step`` and ``before_epoch``."""
+    """:func:`reference_lookahead` of ``net`` under ``make_optimizer(optimizer, lr=0.05)``,
+    ``alpha=0.5``, on ``make_data(samples)`` in batches of 4 (by default the data and optimizer of
+    :class:`Net`'s default run), keyed as the LightningModule names the parameters (``net.``
+    prefix). ``hooks`` are ``before_step`` and ``before_epoch``."""
     fast, slow = reference_lookahead(
         net,
-        [RAdam(net.parameters(), lr=0.05)],
-        batches_of(make_data(20), 4),
+        [make_optimizer(optimizer, net.parameters(), 0.05)],
+        batches_of(make_data(samples), 4),
         epochs=epochs,
         k=k,
         alpha=0.5,

@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from helpers.asserts import fast_and_slow
@@ -36,10 +37,16 @@ def make_trainer(
 
 
 def fit_lookahead(
-    tmp_path: Path, name: str, model: Net, max_epochs: int, ckpt_path: Any = None, **kw: Any
+    tmp_path: Path,
+    name: str,
+    model: LightningModule,
+    max_epochs: int,
+    ckpt_path: Any = None,
+    **kw: Any,
 ) -> Any:
     """Fit with Lookahead(k=3) + SlowWeightSwap, validating each epoch and checkpointing each epoch
-    (5 batches per epoch: the first checkpoint, `epoch=0-step=5`, is 2 steps into a cycle)."""
+    into ``tmp_path / name`` (with ``Net``'s or ``TiedLM``'s 5 batches per epoch, the first
+    checkpoint, `epoch=0-step=5`, is 2 steps into a cycle)."""
     lookahead = Lookahead(k=3, alpha=0.5, final_weights=kw.pop("final_weights", "fast"))
     checkpoint = ModelCheckpoint(dirpath=tmp_path / name, save_top_k=-1, every_n_epochs=1)
     trainer = make_trainer(
