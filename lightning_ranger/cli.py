@@ -129,7 +129,9 @@ def _check_ranger_dict(parser: LightningArgumentParser, model: Any) -> None:
     if not (isinstance(model_class, type) and issubclass(model_class, RangerMixin)):
         return
     ranger = model.get("init_args", Namespace()).get("ranger")
-    if isinstance(ranger, Mapping):  # a RangerConfig-typed value is a Namespace, checked by type
+    if isinstance(ranger, Namespace):  # RangerConfig-typed: its types are checked, not its ranges
+        ranger = ranger.as_dict()
+    if isinstance(ranger, Mapping):
         try:
             RangerConfig.from_value(ranger)
         except (TypeError, ValueError) as err:

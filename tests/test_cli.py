@@ -286,6 +286,23 @@ def test_a_bad_ranger_dict_fails_at_parse_time_naming_the_field(tmp_path, flag, 
     assert not (tmp_path / "lightning_logs").exists()
 
 
+@pytest.mark.parametrize("model", [[], ["--model=mypkg.MyNet"]], ids=["demo", "typed"])
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--model.ranger.lr=-1", "`lr` must be a float > 0, got -1.0"),
+        ("--model.ranger.k=0", "`k` must be a positive int, got 0"),
+    ],
+)
+def test_an_out_of_range_ranger_field_fails_at_parse_time(tmp_path, model, flag, message):
+    """A ``RangerConfig``-typed argument gets its types checked by the parser and its ranges by
+    the config, before anything is built."""
+    result = _user_cli(tmp_path, "fit", *model, flag, "--trainer.max_steps=1")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(f"error: --model.ranger: {message}"), result.stderr
+    assert not (tmp_path / "lightning_logs").exists()
+
+
 def test_fit_with_user_classes_builds_their_config(tmp_path):
     result = _user_cli(
         tmp_path,
