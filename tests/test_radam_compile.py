@@ -11,15 +11,11 @@ implementation runs eagerly under compile (torch's fused kernels cannot be trace
 import pytest
 import torch
 import torch._dynamo
+from helpers.data import IMPLEMENTATIONS
 from torch._dynamo.utils import counters
 
 from lightning_ranger import RAdam
 
-IMPLEMENTATIONS = {
-    "fused": {"fused": True},
-    "foreach": {"foreach": True},
-    "per-tensor": {"foreach": False, "fused": False},
-}
 #: Graphs that one compiled ``step`` makes over a whole run.
 EXPECTED_GRAPHS = {"fused": 0, "foreach": 1, "per-tensor": 1}
 STEPS = 12  # with beta2 = 0.999 steps 1-5 are un-rectified and 6-12 rectified

@@ -78,14 +78,14 @@ def test_float_step_equals_int_step():
 @pytest.mark.parametrize(
     ("step", "beta2", "error", "match"),
     [
-        (0, 0.999, ValueError, r"`step` must be >= 1"),
-        (-3, 0.999, ValueError, r"`step` must be >= 1"),
-        (float("nan"), 0.999, ValueError, r"`step` must be >= 1"),
-        ("1", 0.999, TypeError, r"`step` must be a number"),
-        (True, 0.999, TypeError, r"`step` must be a number"),
-        (1, 1.0, ValueError, r"`beta2` must be in \[0, 1\)"),
-        (1, -0.1, ValueError, r"`beta2` must be in \[0, 1\)"),
-        (1, None, TypeError, r"`beta2` must be a float"),
+        (0, 0.999, ValueError, r"`step` must be a float >= 1 \(steps count from 1\), got 0"),
+        (-3, 0.999, ValueError, r"`step` must be a float >= 1 .*, got -3"),
+        (float("nan"), 0.999, ValueError, r"`step` must be a float >= 1 .*, got nan"),
+        ("1", 0.999, TypeError, r"`step` must be a float >= 1 .*, got '1'"),
+        (True, 0.999, TypeError, r"`step` must be a float >= 1 .*, got True"),
+        (1, 1.0, ValueError, r"`beta2` must be a float in \[0, 1\), got 1.0"),
+        (1, -0.1, ValueError, r"`beta2` must be a float in \[0, 1\), got -0.1"),
+        (1, None, TypeError, r"`beta2` must be a float in \[0, 1\), got None"),
     ],
 )
 def test_bad_input(step, beta2, error, match):

@@ -62,16 +62,36 @@ def test_scheduler_state_dict_is_plain_data_and_resumes():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"name": "step"}, r"`schedule` must be one of \('constant', 'linear_warmup'"),
-        ({"name": "constant", "warmup_steps": -1}, r"`warmup_steps` must be an int >= 0"),
-        ({"name": "constant", "warmup_steps": 1.5}, r"`warmup_steps` must be an int >= 0"),
+        ({"name": 3}, r"`schedule` must be one of 'constant', 'linear_warmup', .*, got 3"),
+        ({"name": "constant", "warmup_steps": 1.5}, r"`warmup_steps` must be an int >= 0, got 1.5"),
+        ({"name": "constant", "warmup_steps": True}, r"`warmup_steps` must be an int >= 0"),
+        ({"name": "cosine", "total_steps": 10, "flat_fraction": "0.5"}, r"`flat_fraction` must"),
+    ],
+)
+def test_options_of_the_wrong_type(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        LRSchedule(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"name": "step"},
+            r"`schedule` must be one of 'constant', 'linear_warmup', 'flat_cosine', 'cosine', "
+            r"got 'step'",
+        ),
+        ({"name": "constant", "warmup_steps": -1}, r"`warmup_steps` must be an int >= 0, got -1"),
         ({"name": "linear_warmup"}, r"needs `warmup_steps` > 0"),
         ({"name": "cosine"}, r"`schedule='cosine'` needs a finite number of training steps"),
         ({"name": "flat_cosine", "total_steps": math.inf}, r"needs a finite number"),
         ({"name": "cosine", "total_steps": 10, "warmup_steps": 11}, r"must not exceed"),
-        ({"name": "cosine", "total_steps": 10, "flat_fraction": 1.5}, r"`flat_fraction` must"),
+        (
+            {"name": "cosine", "total_steps": 10, "flat_fraction": 1.5},
+            r"`flat_fraction` must be a float in \[0, 1\], got 1.5",
+        ),
     ],
 )
-def test_bad_schedules(kwargs, match):
+def test_options_outside_their_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LRSchedule(**kwargs)

@@ -13,22 +13,23 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["rectification", "rectification_tensor", "rho_inf"]
+from lightning_ranger._validation import check_real
+
+__all__ = [
+    "DEFAULT_RECTIFY_THRESHOLD",
+    "MIN_RECTIFY_THRESHOLD",
+    "rectification",
+    "rectification_tensor",
+    "rho_inf",
+]
 
 #: Below this length of the approximated SMA, r_t is undefined (its radicand changes sign).
 MIN_RECTIFY_THRESHOLD = 4.0
 
 #: RAdam's default ``rectify_threshold``: rectify once the approximated SMA is longer than 5, as the
-#: paper's Algorithm 2 and torch's RAdam do (used for any param group that has no threshold).
+#: authors' code and torch's RAdam do (the paper's text says 4); also the threshold of a param group
+#: loaded from ``torch.optim.RAdam``, which has none.
 DEFAULT_RECTIFY_THRESHOLD = 5.0
-
-
-def _check_beta2(beta2: float) -> float:
-    if isinstance(beta2, bool) or not isinstance(beta2, (int, float)):
-        raise TypeError(f"`beta2` must be a float in [0, 1), got {beta2!r}")
-    if not 0.0 <= beta2 < 1.0:
-        raise ValueError(f"`beta2` must be in [0, 1), got {beta2}")
-    return float(beta2)
 
 
 def rho_inf(beta2: float) -> float:
@@ -47,7 +48,7 @@ def rho_inf(beta2: float) -> float:
         1999.0
 
     """
-    return 2.0 / (1.0 - _check_beta2(beta2)) - 1.0
+    return 2.0 / (1.0 - check_real("beta2", beta2, 0.0, 1.0, high_open=True)) - 1.0
 
 
 def rectification(step: float, beta2: float) -> tuple[float, float]:
@@ -83,11 +84,8 @@ def rectification(step: float, beta2: float) -> tuple[float, float]:
         (5.994, 0.0258)
 
     """
-    if isinstance(step, bool) or not isinstance(step, (int, float)):
-        raise TypeError(f"`step` must be a number >= 1, got {step!r}")
-    if not step >= 1:
-        raise ValueError(f"`step` must be >= 1 (steps count from 1), got {step}")
-    rho_t, r_t = rectification_tensor(torch.tensor(float(step), dtype=torch.float64), beta2)
+    step = check_real("step", step, 1.0, meaning="steps count from 1")
+    rho_t, r_t = rectification_tensor(torch.tensor(step, dtype=torch.float64), beta2)
     return rho_t.item(), r_t.item()
 
 

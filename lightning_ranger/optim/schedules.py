@@ -14,6 +14,8 @@ from typing import Literal, get_args
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from lightning_ranger._validation import check_choice, check_int, check_real
+
 __all__ = ["SCHEDULES", "LRSchedule", "ScheduleName", "build_scheduler", "check_schedule_options"]
 
 ScheduleName = Literal["constant", "linear_warmup", "flat_cosine", "cosine"]
@@ -24,17 +26,23 @@ def check_schedule_options(name: object, warmup_steps: object, flat_fraction: ob
     """Validate the options of a schedule that do not depend on the run's length.
 
     Raises:
-        ValueError: naming the option and its accepted values.
+        TypeError: if an option has the wrong type, naming it and what it accepts.
+        ValueError: if an option is outside its accepted values, naming it and them.
+
+    Example::
+
+        >>> check_schedule_options("flat_cosine", 100, 0.72)
+        >>> check_schedule_options("linear_warmup", 0, 0.72)
+        Traceback (most recent call last):
+            ...
+        ValueError: `schedule='linear_warmup'` needs `warmup_steps` > 0, got 0
 
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {name!r}")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"`warmup_steps` must be an int >= 0, got {warmup_steps!r}")
+    check_choice("schedule", name, SCHEDULES)
+    check_int("warmup_steps", warmup_steps, minimum=0)
     if name == "linear_warmup" and warmup_steps == 0:
         raise ValueError("`schedule='linear_warmup'` needs `warmup_steps` > 0, got 0")
-    if not isinstance(flat_fraction, (int, float)) or not 0.0 <= flat_fraction <= 1.0:
-        raise ValueError(f"`flat_fraction` must be a float in [0, 1], got {flat_fraction!r}")
+    check_real("flat_fraction", flat_fraction, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class LRSchedule:
             ``[0, 1]``.
 
     Raises:
+        TypeError: if ``name``, ``warmup_steps`` or ``flat_fraction`` has the wrong type.
         ValueError: for an unknown name, a negative or too long warmup, a cosine schedule without
             a finite horizon, or a ``flat_fraction`` outside ``[0, 1]``.
 

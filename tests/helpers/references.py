@@ -28,28 +28,36 @@ def rho_and_r(step: int, beta2: float) -> tuple[float, float | None]:
     return rho_t, r_t
 
 
-class ReferenceRAdam:
-    """Algorithm 2 on float64 copies of ``params``; ``step(grads)`` takes one gradient per param."""
+#: The hyperparameters under RAdam's keyword names, with the defaults of the authors' code and of
+#: torch.optim.RAdam (written out here rather than read from the package, to stay independent).
+_RADAM_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3,
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "decoupled_weight_decay": False,
+    "rectify_threshold": 5.0,
+    "degenerate_to_sgd": True,
+    "maximize": False,
+}
 
-    def __init__(
-        self,
-        params: list[torch.Tensor],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        decoupled_weight_decay: bool = False,
-        rectify_threshold: float = 5.0,
-        degenerate_to_sgd: bool = True,
-        maximize: bool = False,
-    ) -> None:
+
+class ReferenceRAdam:
+    """Algorithm 2 on float64 copies of ``params``; ``step(grads)`` takes one gradient per param.
+    ``options`` are RAdam's keyword arguments (``_RADAM_DEFAULTS`` for those left out)."""
+
+    def __init__(self, params: list[torch.Tensor], **options: Any) -> None:
+        unknown = options.keys() - _RADAM_DEFAULTS.keys()
+        assert not unknown, f"not an option of Algorithm 2: {sorted(unknown)}"
+        hyper = {**_RADAM_DEFAULTS, **options}
         self.params = [_as_real64(p) for p in params]
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.t = 0
-        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
-        self.wd, self.decoupled = weight_decay, decoupled_weight_decay
-        self.threshold, self.sgd, self.maximize = rectify_threshold, degenerate_to_sgd, maximize
+        self.lr, (self.beta1, self.beta2), self.eps = hyper["lr"], hyper["betas"], hyper["eps"]
+        self.wd, self.decoupled = hyper["weight_decay"], hyper["decoupled_weight_decay"]
+        self.threshold, self.sgd = hyper["rectify_threshold"], hyper["degenerate_to_sgd"]
+        self.maximize = hyper["maximize"]
 
     def step(self, grads: list[torch.Tensor]) -> None:
         self.t += 1
