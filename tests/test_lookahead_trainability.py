@@ -72,7 +72,9 @@ def test_a_parameter_unfrozen_after_the_start_is_tracked_from_the_next_sync(
         for p in net.layers["inp"].parameters():
             p.requires_grad_(epoch >= 1)
 
-    ref_fast, ref_slow = tiny_lookahead_reference(net, epochs=EPOCHS, k=K, before_epoch=before_epoch)
+    ref_fast, ref_slow = tiny_lookahead_reference(
+        net, epochs=EPOCHS, k=K, before_epoch=before_epoch
+    )
     assert_close(fast, ref_fast, atol=1e-6)
     assert_close(slow, ref_slow, atol=1e-6)
     assert not torch.equal(fast[INP[0]], TinyNet().layers["inp"].weight)  # it did train

@@ -19,10 +19,8 @@ from helpers.trainers import make_trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 
-from lightning_ranger.callbacks.gradient_centralization import (
-    GradientCentralization,
-    centralize_gradients,
-)
+from lightning_ranger.callbacks.gradient_centralization import GradientCentralization
+from lightning_ranger.optim.centralization import centralize_gradients
 
 # variant: (FSDP2, min_ndim)
 VARIANTS = {"ddp": (False, 2), "fsdp2": (True, 2), "fsdp2_min_ndim_1": (True, 1)}
