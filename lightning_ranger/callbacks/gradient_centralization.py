@@ -110,9 +110,9 @@ class GradientCentralization(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        centralize_gradients(self._gradients(optimizer))
+        centralize_gradients(self._gradients_to_centralize(optimizer))
 
-    def _gradients(self, optimizer: Optimizer) -> list[Tensor]:
+    def _gradients_to_centralize(self, optimizer: Optimizer) -> list[Tensor]:
         threshold = self.ndim_threshold
         grads = []
         for group in optimizer.param_groups:

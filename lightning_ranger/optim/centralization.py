@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Placement, Replicate
 
+from lightning_ranger._utils import LOW_PRECISION_DTYPES
 from lightning_ranger._validation import check_int
 
 __all__ = ["CPU_BLOCK_NUMEL", "centralize_gradients"]
@@ -25,9 +26,6 @@ __all__ = ["CPU_BLOCK_NUMEL", "centralize_gradients"]
 #: fastest of the sizes that ``benchmarks/gradient_centralization.py`` compares, on a 2-core
 #: machine).
 CPU_BLOCK_NUMEL = 1 << 19
-
-#: Gradients whose row sums are accumulated and subtracted in float32.
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _local_is_exact(grad: DTensor) -> bool:
@@ -61,9 +59,9 @@ def _rows(grad: Tensor) -> Tensor | None:
     return permuted.view(n_rows, -1) if permuted.is_contiguous() else None
 
 
-def _centralize_one(grad: Tensor) -> None:
-    """Centralize one tensor of any layout or placement (DTensor operations run the collectives
-    that a sharded sum needs)."""
+def _centralize_whole(grad: Tensor) -> None:
+    """Centralize one tensor of any layout or placement with whole-tensor operations (on a
+    ``DTensor`` they run the collectives that a sharded sum needs)."""
     dims = tuple(range(1, grad.ndim)) if grad.ndim > 1 else (0,)
     count = math.prod(grad.shape[d] for d in dims)
     total = grad.sum(dim=dims, keepdim=True, dtype=torch.promote_types(grad.dtype, torch.float32))
@@ -124,20 +122,21 @@ def centralize_gradients(
             raise ValueError("Gradient Centralization needs tensors of rank >= 1, got a scalar")
         if isinstance(grad, DTensor):
             if not _local_is_exact(grad):
-                _centralize_one(grad)
+                _centralize_whole(grad)
                 continue
             grad = grad.to_local()
         if grad.numel() == 0:
             continue
         rows = _rows(grad)
         if rows is None:
-            _centralize_one(grad)
+            _centralize_whole(grad)
             continue
         n_rows, n_cols = rows.shape
-        dtype = torch.float32 if grad.dtype in _LOW_PRECISION else None
-        step = n_rows
+        # A 16-bit sum of many elements loses the mean's low bits; float32 keeps them.
+        sum_dtype = torch.float32 if grad.dtype in LOW_PRECISION_DTYPES else None
+        rows_per_block = n_rows
         if grad.is_cpu and cpu_block_numel is not None:
-            step = max(1, cpu_block_numel // n_cols)
-        for start in range(0, n_rows, step):
-            block = rows if step >= n_rows else rows[start : start + step]
-            block.sub_(block.sum(dim=1, keepdim=True, dtype=dtype), alpha=1.0 / n_cols)
+            rows_per_block = max(1, cpu_block_numel // n_cols)
+        for start in range(0, n_rows, rows_per_block):
+            block = rows if rows_per_block >= n_rows else rows[start : start + rows_per_block]
+            block.sub_(block.sum(dim=1, keepdim=True, dtype=sum_dtype), alpha=1.0 / n_cols)

@@ -103,11 +103,13 @@ def sync_batches(
         batch_numel = cpu_batch_numel if device.type == "cpu" else None
         slow_group = [slow_local[i] for i in indices]
         fast_group = [fast_local[i] for i in indices]
-        batches.extend(_cut(slow_group, fast_group, batch_numel))
+        batches.extend(_cut_into_batches(slow_group, fast_group, batch_numel))
     return batches
 
 
-def _cut(slow: list[Tensor], fast: list[Tensor], batch_numel: int | None) -> Iterator[SyncBatch]:
+def _cut_into_batches(
+    slow: list[Tensor], fast: list[Tensor], batch_numel: int | None
+) -> Iterator[SyncBatch]:
     if batch_numel is None:
         yield slow, fast
         return
@@ -137,8 +139,8 @@ def sync_batch_(slow: list[Tensor], fast: list[Tensor], alpha: float) -> None:
     if not slow:
         return
     # `lerp_` takes one dtype; the float32 copies of 16-bit fast weights are exact.
-    end = fast if fast[0].dtype == slow[0].dtype else [t.to(slow[0].dtype) for t in fast]
-    torch._foreach_lerp_(slow, end, alpha)
+    target = fast if fast[0].dtype == slow[0].dtype else [t.to(slow[0].dtype) for t in fast]
+    torch._foreach_lerp_(slow, target, alpha)
     torch._foreach_copy_(fast, slow)
 
 
