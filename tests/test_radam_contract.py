@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lightning_ranger import RAdam
+from lightning_ranger.optim.rectification import DEFAULT_RECTIFY_THRESHOLD
 
 
 def _model(seed=0):
@@ -59,7 +60,7 @@ def test_torch_state_dict_gets_torch_behaviour_defaults():
     target = RAdam(model.parameters(), rectify_threshold=4.0, degenerate_to_sgd=False)
     target.load_state_dict(source.state_dict())
     group = target.param_groups[0]
-    assert group["rectify_threshold"] == 5.0
+    assert group["rectify_threshold"] == DEFAULT_RECTIFY_THRESHOLD
     assert group["degenerate_to_sgd"] is True
     assert group["fused"] is None
 

@@ -76,15 +76,15 @@ def _traced_rate(size: StepSize, denom: Tensor) -> Tensor:
 
 def single_tensor_radam(tensors: RAdamTensors, sizes: list[StepSize], options: StepOptions) -> None:
     """The per-tensor implementation: one tensor at a time, with plain tensor operations."""
-    decoupled_decay = options.decoupled_decay()
+    decoupled_decay, l2_weight_decay = options.decoupled_decay(), options.l2_weight_decay
     for originals, size in zip(zip(*tensors, strict=True), sizes, strict=True):
         param, grad, exp_avg, exp_avg_sq = _opmath(list(originals))
         if options.maximize:
             grad = -grad
         if _is_set(decoupled_decay):
             param.mul_(1.0 - decoupled_decay)
-        if options.l2_weight_decay != 0.0:
-            grad = grad.add(param, alpha=options.l2_weight_decay)
+        if l2_weight_decay != 0.0:
+            grad = grad.add(param, alpha=l2_weight_decay)
         exp_avg.lerp_(grad, 1.0 - options.beta1)
         exp_avg_sq.mul_(options.beta2).addcmul_(grad, grad, value=1.0 - options.beta2)
         if isinstance(size.rectified, Tensor):
@@ -94,10 +94,12 @@ def single_tensor_radam(tensors: RAdamTensors, sizes: list[StepSize], options: S
             param.addcdiv_(exp_avg, denom, value=-float(size.adaptive_scale))
         elif _is_set(size.momentum_scale):
             param.add_(exp_avg, alpha=-float(size.momentum_scale))
-        original_param, _, original_exp_avg, original_exp_avg_sq = originals
-        _round_into(
-            (original_param, original_exp_avg, original_exp_avg_sq), (param, exp_avg, exp_avg_sq)
-        )
+        if param is not originals[0]:
+            original_param, _, original_exp_avg, original_exp_avg_sq = originals
+            _round_into(
+                (original_param, original_exp_avg, original_exp_avg_sq),
+                (param, exp_avg, exp_avg_sq),
+            )
 
 
 def _foreach_apply(
