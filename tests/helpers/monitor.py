@@ -1,14 +1,17 @@
 """The RectificationMonitor tests' pieces: a tiny regressor, a quiet Trainer logging to
-TensorBoard, readers for the event files, and a callback that computes the expected statistics by
-hand (numpy, float64) from the optimizer state after every optimizer step."""
+TensorBoard, readers for the event files, a callback that computes the expected statistics by
+hand (numpy, float64) from the optimizer state after every optimizer step, and the checks of the
+logged series against it."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -24,6 +27,14 @@ N_SAMPLES = 96
 #: Probe size of the 2-process runs: 40 of the 83 coordinates, spread over both ranks' shards.
 PROBE = 40
 
+
+#: The series logged at every logging event once the optimizer has state.
+METRICS = ["rho_t", "r_t", "rho_t_threshold", "r_t_linear_warmup"]
+METRICS += ["adaptive_lr_mean", "adaptive_lr_var", "eps_dominated_fraction", "nonfinite_fraction"]
+METRICS += ["adaptive_lr_p05", "adaptive_lr_p50", "adaptive_lr_p95"]
+#: The variance over draws: from the second recorded step on (``GAUSSIAN``: while rho_t > 4).
+DRAWS = ["adaptive_lr_var_ratio", "adaptive_lr_rel_var", "rectified_var_ratio"]
+GAUSSIAN = "adaptive_lr_var_ratio_gaussian"
 
 #: Two param groups (first and second linear layer) with different beta2 and thresholds.
 TWO_GROUPS = [
@@ -211,3 +222,87 @@ class Reference(Callback):
                         np.searchsorted(self.limits, lr, side="left"), minlength=len(self.limits)
                     ),
                 }
+
+
+def fit(
+    root: Path,
+    model: LightningModule,
+    monitor: Callback,
+    max_steps: int = 12,
+    callbacks_first: Sequence[Callback] = (),
+    **kwargs: Any,
+) -> tuple[Trainer, EventAccumulator, Reference]:
+    """Train ``model`` with ``monitor`` (after ``callbacks_first``) and a :class:`Reference`; the
+    Trainer, the events it logged and the reference."""
+    reference = Reference()
+    run = trainer(root, max_steps, [*callbacks_first, monitor, reference], **kwargs)
+    run.fit(model)
+    return run, events(root), reference
+
+
+def closed_form(t: float, beta2: float, threshold: float) -> dict[str, float]:
+    """rho_t, r_t (0 up to the threshold), the threshold and the linear warmup, by the paper."""
+    r_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = r_inf - 2.0 * t * beta2**t / (1.0 - beta2**t)
+    r_t = 0.0
+    if rho_t > threshold:
+        r_t = math.sqrt((rho_t - 4) * (rho_t - 2) * r_inf / ((r_inf - 4) * (r_inf - 2) * rho_t))
+    warmup = min(1.0, t / (2.0 / (1.0 - beta2)))
+    return {"rho_t": rho_t, "r_t": r_t, "rho_t_threshold": threshold, "r_t_linear_warmup": warmup}
+
+
+def check_group(
+    accumulator: EventAccumulator,
+    reference: Reference,
+    key: tuple[int, int],
+    suffix: str,
+    beta2: float,
+    threshold: float,
+    steps: list[int],
+    sampled: bool = False,
+) -> None:
+    """Every series of one group equals the closed forms and the statistics by hand (the mean and
+    variance within 2% and 10% when they come from a sample of a group of over 65536 elements)."""
+    series = {m: scalars(accumulator, f"rectification/{m}{suffix}") for m in METRICS}
+    for metric, values in series.items():
+        assert sorted(values) == steps, metric
+    for step in steps:
+        expected = reference.values[step][key]
+        for metric, value in closed_form(expected["t"], beta2, threshold).items():
+            assert series[metric][step] == pytest.approx(value, rel=1e-6, abs=1e-12), metric
+        mean_rel, var_rel = (0.02, 0.1) if sampled else (1e-4, 1e-3)
+        assert series["adaptive_lr_mean"][step] == pytest.approx(expected["mean"], rel=mean_rel)
+        assert series["adaptive_lr_var"][step] == pytest.approx(expected["var"], rel=var_rel)
+        assert series["eps_dominated_fraction"][step] == pytest.approx(expected["eps_dominated"])
+        assert series["nonfinite_fraction"][step] == 0.0
+        # Each quantile q lies, within a histogram bucket (10%), between the order statistics
+        # around q * n (conventions differ by one element on a small group).
+        values = expected["sorted"]
+        for q in (0.05, 0.5, 0.95):
+            rank = math.ceil(q * len(values))
+            low, high = values[max(rank - 2, 0)], values[min(rank, len(values) - 1)]
+            got = series[f"adaptive_lr_p{round(100 * q):02d}"][step]
+            assert low / 1.1 <= got <= high * 1.1, (q, low, got, high)
+
+
+def check_histograms(
+    accumulator: EventAccumulator,
+    reference: Reference,
+    key: tuple[int, int],
+    suffix: str,
+    steps: list[int],
+) -> None:
+    """Histograms hold every element: exact counts per TensorBoard bucket, min, max and sums."""
+    histograms = accumulator.Histograms(f"rectification/adaptive_lr{suffix}")
+    assert [h.step for h in histograms] == steps
+    for event in histograms:
+        h, expected = event.histogram_value, reference.values[event.step][key]
+        assert h.num == expected["count"]
+        for field in ("min", "max", "sum", "sum_sq"):
+            got = getattr(h, "sum_squares" if field == "sum_sq" else field)
+            assert got == pytest.approx(expected[field], rel=1e-5), field
+        limits = reference.limits
+        filled = np.flatnonzero(expected["counts"])
+        first, last = max(filled[0] - 1, 0), filled[-1] + 1
+        np.testing.assert_allclose(h.bucket_limit, limits[first:last], rtol=1e-9)
+        np.testing.assert_array_equal(h.bucket, expected["counts"][first:last])

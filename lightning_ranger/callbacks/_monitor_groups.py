@@ -1,0 +1,137 @@
+"""Which param groups :class:`~lightning_ranger.callbacks.RectificationMonitor` watches, what it
+reads of their optimizer state, and their probes as this rank holds them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch.optim import Optimizer
+
+from lightning_ranger.callbacks._flat_shards import FlatShardLayout
+from lightning_ranger.callbacks._monitor_naming import group_suffixes, tag
+from lightning_ranger.optim.adaptive_lr import Probe
+from lightning_ranger.optim.rectification import DEFAULT_RECTIFY_THRESHOLD
+
+__all__ = [
+    "MonitoredGroup",
+    "build_probes",
+    "held_states",
+    "monitored_groups",
+    "say_nothing_to_monitor",
+    "without_adam_state",
+]
+
+State = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MonitoredGroup:
+    """One monitored param group: ``optimizer.param_groups[index]``, of the optimizer at
+    ``optimizer_index`` (from 1) in ``trainer.optimizers``, logged with ``suffix``."""
+
+    optimizer: Optimizer
+    optimizer_index: int
+    index: int
+    suffix: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.optimizer.param_groups[self.index]
+
+    @property
+    def beta2(self) -> float:
+        return float(self.options["betas"][1])
+
+    @property
+    def eps(self) -> float:
+        return float(self.options["eps"])
+
+    @property
+    def threshold(self) -> float:
+        """The group's ``rectify_threshold``; torch's Adam, RAdam, ... have none and get RAdam's
+        default."""
+        return float(self.options.get("rectify_threshold", DEFAULT_RECTIFY_THRESHOLD))
+
+    def tag(self, metric: str) -> str:
+        return tag(metric, self.suffix)
+
+    def states(self) -> list[State]:
+        """The optimizer states of the group's parameters that this rank holds (none before the
+        first step; under FSDP1 none of a parameter without elements on this rank)."""
+        return [s for s in map(self.optimizer.state.get, self.options["params"]) if s]
+
+    def latest_step(self) -> float | None:
+        """The largest optimizer ``step`` in this rank's states of the group, if any."""
+        steps = [float(s["step"]) for s in self.states() if "step" in s]
+        return max(steps) if steps else None
+
+
+def say_nothing_to_monitor(optimizer: Optimizer, index: int) -> None:
+    rank_zero_info(
+        f"`RectificationMonitor`: nothing to monitor for optimizer {index}"
+        f" ({type(optimizer).__name__}): it needs param groups with `betas` and `eps` and a state"
+        " with `step` and `exp_avg_sq`, as Adam, AdamW, RAdam and NAdam have."
+    )
+
+
+def monitored_groups(optimizers: Sequence[Optimizer]) -> list[MonitoredGroup]:
+    """Every param group of the ``optimizers`` whose groups all have ``betas`` and ``eps``; says
+    once for each other optimizer that there is nothing to monitor.
+
+    Raises:
+        ValueError: if two param groups of an optimizer would be logged under the same name.
+
+    """
+    groups = []
+    several = len(optimizers) > 1
+    for j, optimizer in enumerate(optimizers, start=1):
+        if not all("betas" in g and "eps" in g for g in optimizer.param_groups):
+            say_nothing_to_monitor(optimizer, j)
+            continue
+        suffixes = group_suffixes(optimizer, f"/opt{j}" if several else "")
+        groups += [MonitoredGroup(optimizer, j, i, s) for i, s in enumerate(suffixes)]
+    return groups
+
+
+def held_states(groups: Iterable[MonitoredGroup]) -> dict[MonitoredGroup, list[State]]:
+    """The groups for which this rank holds optimizer state, with it."""
+    found = {group: group.states() for group in groups}
+    return {group: states for group, states in found.items() if states}
+
+
+def without_adam_state(found: Mapping[MonitoredGroup, list[State]]) -> dict[int, Optimizer]:
+    """By index, the optimizers of ``found`` whose state lacks ``step`` or ``exp_avg_sq`` (Adamax,
+    for example, which has ``betas`` and ``eps`` but another state)."""
+    return {
+        group.optimizer_index: group.optimizer
+        for group, states in found.items()
+        if any("step" not in s or "exp_avg_sq" not in s for s in states)
+    }
+
+
+def build_probes(
+    groups: Iterable[MonitoredGroup],
+    size: int,
+    capacity: int,
+    world_size: int,
+    flat_device: torch.device | None,
+) -> dict[MonitoredGroup, Probe]:
+    """The probe of every group, as this rank holds it; ``flat_device`` is where to gather the
+    sizes of FSDP1's flat shards, ``None`` for whole or DTensor parameters."""
+    probes = {}
+    for group in groups:
+        params = list(group.options["params"])
+        flat_slices = None
+        if flat_device is not None:
+            # A collective: every rank builds the probes of every group, in the same order.
+            layout = FlatShardLayout(params, flat_device)
+            flat_slices = [
+                (sum(sizes[i] for sizes in layout.sizes), layout.offsets[i])
+                for i in range(len(params))
+            ]
+        probes[group] = Probe(params, size, capacity, world_size, flat_slices)
+    return probes

@@ -1,0 +1,145 @@
+"""How :class:`~lightning_ranger.callbacks.RectificationMonitor` names and lays out what it logs:
+metric names, the names of the quantiles, the TensorBoard custom-scalars layout and the
+histograms."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from torch.optim import Optimizer
+
+from lightning_ranger._namespaces import lightning_isinstance
+from lightning_ranger._validation import check_real
+from lightning_ranger.optim.adaptive_lr import BUCKET_LIMITS, WeightHistogram
+
+__all__ = [
+    "HISTOGRAM",
+    "PREFIX",
+    "custom_scalars_layout",
+    "group_suffixes",
+    "is_tensorboard",
+    "quantile_names",
+    "tag",
+    "write_histogram",
+]
+
+PREFIX = "rectification"
+
+#: The logger class that takes histograms and the custom-scalars layout (either namespace).
+_TENSORBOARD = "loggers.TensorBoardLogger"
+
+#: The metric of the histogram of ``l_t``.
+HISTOGRAM = "adaptive_lr"
+
+_VARIANCE_RATIOS = (
+    "adaptive_lr_var_ratio",
+    "adaptive_lr_var_ratio_gaussian",
+    "rectified_var_ratio",
+)
+
+
+def tag(metric: str, suffix: str) -> str:
+    """``rectification/{metric}{suffix}``."""
+    return f"{PREFIX}/{metric}{suffix}"
+
+
+def quantile_names(quantiles: object) -> dict[str, float]:
+    """``{"p05": 0.05, ...}``: names ``p{100 q}`` (two digits, more for a finer ``q``).
+
+    Raises:
+        TypeError: if ``quantiles`` is not a sequence of reals.
+        ValueError: if a quantile is outside ``(0, 1)`` or repeated.
+
+    Example::
+
+        >>> quantile_names([0.05, 0.5, 0.125])
+        {'p05': 0.05, 'p50': 0.5, 'p12_5': 0.125}
+
+    """
+    if isinstance(quantiles, (str, bytes)) or not isinstance(quantiles, Sequence):
+        raise TypeError(f"`quantiles` must be a sequence of floats in (0, 1), got {quantiles!r}")
+    names: dict[str, float] = {}
+    for i, value in enumerate(quantiles):
+        q = check_real(f"quantiles[{i}]", value, 0.0, 1.0, low_open=True, high_open=True)
+        percent = f"{100 * q:.6g}".replace(".", "_")
+        name = f"p{percent:0>2}"
+        if name in names:
+            raise ValueError(f"`quantiles` must be distinct, got {value} twice")
+        names[name] = q
+    return names
+
+
+def group_suffixes(optimizer: Optimizer, prefix: str) -> list[str]:
+    """``LearningRateMonitor``'s naming: ``/{name}`` or ``/pg{i}`` (from 1) with several groups.
+
+    Raises:
+        ValueError: if two param groups would be logged under the same name.
+
+    """
+    groups = optimizer.param_groups
+    suffixes = []
+    for i, group in enumerate(groups, start=1):
+        name = group.get("name") or (f"pg{i}" if len(groups) > 1 else "")
+        suffixes.append(f"{prefix}/{name}" if name else prefix)
+    duplicates = sorted({s for s in suffixes if suffixes.count(s) > 1})
+    if duplicates:
+        raise ValueError(
+            f"`RectificationMonitor`: {type(optimizer).__name__} has several param groups logged"
+            f" as {duplicates}; give its param groups distinct `name`s"
+        )
+    return suffixes
+
+
+def custom_scalars_layout(
+    suffixes: Sequence[str], quantiles: Sequence[str]
+) -> dict[str, dict[str, list[Any]]]:
+    """TensorBoard custom-scalars layout: per group (of ``suffixes``), rho_t beside its threshold,
+    r_t beside linear warmup, the variance ratio beside ``1 / r_t^2`` and the rectified ratio, and
+    the ``quantiles`` (by name) of ``l_t``."""
+
+    def pattern(metric: str, suffix: str) -> str:
+        # TensorBoard matches from the start of a tag: allow a logger's prefix before it.
+        return f"(?:.+-)?{re.escape(tag(metric, suffix))}$"
+
+    charts: dict[str, list[Any]] = {}
+    for sfx in suffixes:
+        for metric, companion in (("rho_t", "rho_t_threshold"), ("r_t", "r_t_linear_warmup")):
+            charts[f"{metric}{sfx} vs {companion}"] = [
+                "Multiline",
+                [pattern(metric, sfx), pattern(companion, sfx)],
+            ]
+        charts[f"adaptive_lr_var_ratio{sfx} vs 1/r_t^2 vs rectified"] = [
+            "Multiline",
+            [pattern(m, sfx) for m in _VARIANCE_RATIOS],
+        ]
+        charts[f"adaptive_lr quantiles{sfx}"] = [
+            "Multiline",
+            [pattern(f"adaptive_lr_{q}", sfx) for q in quantiles],
+        ]
+    return {PREFIX: charts}
+
+
+def write_histogram(logger: Any, name: str, histogram: WeightHistogram, step: int) -> None:
+    """Write ``histogram`` to a TensorBoard ``logger`` as ``name`` at ``step``."""
+    filled = [i for i, c in enumerate(histogram.counts) if c > 0]
+    # TensorBoard reads right edges only: keep one empty bucket on the left as the lower edge.
+    first, last = max(filled[0] - 1, 0), filled[-1] + 1
+    logger.experiment.add_histogram_raw(
+        name,
+        min=histogram.low,
+        max=histogram.high,
+        num=round(histogram.count),
+        sum=histogram.total,
+        sum_squares=histogram.total_sq,
+        bucket_limits=BUCKET_LIMITS[first:last],
+        bucket_counts=list(histogram.counts[first:last]),
+        global_step=step,
+    )
+
+
+def is_tensorboard(logger: object) -> bool:
+    """Whether ``logger`` is a ``TensorBoardLogger`` of ``lightning.pytorch`` or
+    ``pytorch_lightning``."""
+    return lightning_isinstance(logger, _TENSORBOARD)

@@ -1,0 +1,138 @@
+"""The spread of Adam's adaptive lr over the weights of a param group: exact counts and extrema,
+and sums and a histogram from a uniform sample, as partial sums that add up over ranks. Plain
+PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributed.tensor import DTensor
+
+from lightning_ranger.optim._adaptive_lr_probe import dtensor_weight
+
+__all__ = ["BUCKET_LIMITS", "HISTOGRAM_SAMPLES", "histogram_quantiles", "weight_sums"]
+
+#: Histogram bucket limits (right edges): TensorBoard's default positive buckets,
+#: ``1e-12 * 1.1^k`` up to ``1e20``, then ``DBL_MAX``. Fixed limits let shards add their counts;
+#: a quantile interpolated inside a bucket is within 10% of the exact one.
+BUCKET_LIMITS = [1e-12 * 1.1**k for k in range(math.ceil(math.log(1e32) / math.log(1.1)) + 1)]
+BUCKET_LIMITS.append(sys.float_info.max)
+
+#: The histogram counts a uniform sample (fixed seed) of about this many elements of a larger
+#: group, scaled to its size; the other sums cover every element.
+HISTOGRAM_SAMPLES = 2**16
+
+#: Layout of the rows of :func:`weight_sums`: finite count, sum, sum of squares of ``l_t``,
+#: elements with ``sqrt(v_t) < eps``, non-finite elements, then the bucket counts.
+COUNT, SUM, SUM_SQ, EPS_DOMINATED, NONFINITE, BUCKETS = range(6)
+
+
+def weight_sums(
+    states: Sequence[dict[str, Any]],
+    beta2: float,
+    eps: float,
+    world_size: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """One rank's share of the statistics of ``l_t`` over the weights of a param group.
+
+    Over the parameters whose optimizer ``states`` are given, returns, in float64 on ``device``,
+    ``sums`` (laid out as :data:`COUNT` .. :data:`BUCKETS`) and ``extrema = [-min, max]`` of
+    ``l_t``. Exact over every element: the count of finite ``v_t``, of those with
+    ``sqrt(v_t) < eps`` and of non-finite ones, and the extrema. From a uniform sample (fixed
+    seed) of about :data:`HISTOGRAM_SAMPLES` elements of a larger group, scaled to the finite
+    count: the sum and sum of squares of ``l_t`` and the histogram counts per
+    :data:`BUCKET_LIMITS`; a smaller group is counted in whole. Non-finite ``v_t`` are left out
+    of everything but their own count. So a logging event reads ``exp_avg_sq`` twice (extrema,
+    ``eps`` count) and computes ``l_t`` on the sample only.
+
+    Summing ``sums`` and taking the maximum of ``extrema`` over the ``world_size`` ranks gives the
+    values of the whole group: a DTensor shard counts with weight ``shards / world_size`` and a
+    plain tensor, replicated on every rank, with ``1 / world_size``. With ``world_size=1`` every
+    tensor counts once.
+    """
+    numel = sum(state["exp_avg_sq"].numel() for state in states)  # global size for DTensors
+    # Each parameter keeps about one element in `sampling_factor` for the sums and the histogram.
+    sampling_factor = max(1, math.ceil(numel / HISTOGRAM_SAMPLES))
+    limits = torch.tensor(BUCKET_LIMITS, dtype=torch.float64, device=device)
+    sums = torch.zeros(BUCKETS + len(BUCKET_LIMITS), dtype=torch.float64, device=device)
+    extrema = torch.full((2,), -math.inf, dtype=torch.float64, device=device)
+    for state in states:
+        exp_avg_sq = state["exp_avg_sq"]
+        if isinstance(exp_avg_sq, DTensor):
+            v, weight = exp_avg_sq.to_local().reshape(-1), dtensor_weight(exp_avg_sq, world_size)
+        else:
+            v, weight = exp_avg_sq.reshape(-1), 1.0 / world_size
+        if v.numel() == 0:  # an empty shard of a small parameter
+            continue
+        step = float(state["step"])
+        bias_correction = math.sqrt(-math.expm1(step * math.log(beta2)) if beta2 > 0 else 1.0)
+        low, high = (x.item() for x in torch.aminmax(v))  # NaN if any entry is NaN
+        nonfinite = 0
+        if not (low >= 0.0 and math.isfinite(high)):  # the slow path: leave out the bad entries
+            finite = torch.isfinite(v) & (v >= 0)
+            nonfinite = int(v.numel() - torch.count_nonzero(finite))
+            v = v[finite]
+            if v.numel() == 0:
+                sums[NONFINITE] += nonfinite * weight
+                continue
+            low, high = (x.item() for x in torch.aminmax(v))
+        # eps^2 underflows in 16 bits (1e-16 for the default eps): compare in float32 there.
+        wide = v if v.dtype in (torch.float32, torch.float64) else v.float()
+        dominated = float(torch.count_nonzero(wide < eps * eps)) if eps > 0 else 0.0
+        # l_t falls as v_t grows: its extrema come from those of v_t.
+        lr_low = bias_correction / (math.sqrt(high) + eps)
+        lr_high = bias_correction / (math.sqrt(low) + eps)
+        extrema = torch.maximum(extrema, extrema.new_tensor([-lr_low, lr_high]))
+        sample = v
+        if sampling_factor > 1:  # at random positions: a regular stride would pick matrix columns
+            generator = torch.Generator(v.device).manual_seed(0)
+            picks = (math.ceil(v.numel() / sampling_factor),)
+            sample = v[torch.randint(v.numel(), picks, generator=generator, device=v.device)]
+        lr = bias_correction / (sample.to(device, torch.float64).sqrt() + eps)
+        scale = v.numel() / sample.numel()
+        buckets = torch.bucketize(lr, limits).clamp_(max=len(limits) - 1)
+        sums[BUCKETS:] += torch.bincount(buckets, minlength=len(limits)) * (scale * weight)
+        row = [float(v.numel()), 0.0, 0.0, dominated, float(nonfinite)]
+        sums[:BUCKETS] += sums.new_tensor(row) * weight
+        sums[SUM] += lr.sum() * (scale * weight)
+        sums[SUM_SQ] += lr.square().sum() * (scale * weight)
+    return sums, extrema
+
+
+def histogram_quantiles(
+    counts: Sequence[float], low: float, high: float, quantiles: Sequence[float]
+) -> list[float]:
+    """Quantiles of a histogram over :data:`BUCKET_LIMITS`, interpolated geometrically inside the
+    bucket they fall in (the first filled bucket starts at ``low``, the last ends at ``high``), so
+    each is within a bucket's width, 10%, of the quantile of the counted values.
+
+    Example::
+
+        >>> counts = [0.0] * len(BUCKET_LIMITS)
+        >>> counts[10] = 4.0  # four values in (1e-12 * 1.1^9, 1e-12 * 1.1^10]
+        >>> q = histogram_quantiles(counts, 2e-12, 2.5e-12, [0.5])[0]
+        >>> 2e-12 < q < 2.6e-12
+        True
+
+    """
+    cumulative = torch.tensor(counts, dtype=torch.float64).cumsum(0)
+    total = float(cumulative[-1])
+    out = []
+    for q in quantiles:
+        target = q * total
+        i = int(torch.searchsorted(cumulative, torch.tensor(target, dtype=torch.float64)))
+        i = min(i, len(counts) - 1)
+        before = float(cumulative[i - 1]) if i > 0 else 0.0
+        left = max(BUCKET_LIMITS[i - 1] if i > 0 else low, low)
+        right = min(BUCKET_LIMITS[i], high)
+        right = max(right, left)
+        share = (target - before) / counts[i] if counts[i] > 0 else 0.0
+        out.append(left * (right / left) ** min(max(share, 0.0), 1.0) if left > 0 else right)
+    return out
