@@ -52,8 +52,8 @@ def radam(
     foreach: bool | None = None,
     fused: bool | None = None,
 ) -> None:
-    """Functional RAdam step over lists of tensors; see :class:`RAdam` for the math and the
-    options.
+    """Functional RAdam step over lists of tensors; see :class:`~lightning_ranger.optim.radam.RAdam`
+    for the math and the options.
 
     ``state_steps`` are float32 scalar tensors (on the CPU in eager mode); they are incremented
     here. Complex tensors are optimized as pairs of real numbers; float16 and bfloat16 tensors are
@@ -82,7 +82,7 @@ def radam(
     tensors = RAdamTensors(params, grads, exp_avgs, exp_avg_sqs)
     if any(p.is_complex() for p in params):
         tensors = tensors.as_real()
-    # Positional, in the order of the signature above.
+    # StepOptions declares its fields in the order of this signature.
     options = StepOptions(
         lr,
         beta1,
