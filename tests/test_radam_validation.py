@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lightning_ranger import RAdam
+from lightning_ranger.optim.radam import validate_options
 
 
 def _params():
@@ -105,3 +106,12 @@ def test_boundary_values_are_accepted():
     )
     assert optimizer.param_groups[0]["betas"] == (0.0, 0.0)
     RAdam(_params(), rectify_threshold=float("inf"))  # never rectify: SGD with momentum
+
+
+def test_validate_options_checks_as_the_constructor_does():
+    validate_options()  # the constructor's defaults
+    validate_options(lr=torch.tensor(0.0), betas=[0.0, 0.5], rectify_threshold=4)
+    with pytest.raises(ValueError, match=r"`betas\[1\]` must be a float in \[0, 1\), got 1.0"):
+        validate_options(betas=(0.9, 1.0))
+    with pytest.raises(TypeError, match=r"not options of RAdam: \['momentum'\]; RAdam takes \["):
+        validate_options(momentum=0.9)
