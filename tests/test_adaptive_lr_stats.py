@@ -1,24 +1,29 @@
-"""The statistics of Adam's adaptive lr (``lightning_ranger.optim.adaptive_lr``): each function
-against an independent hand computation, and the monitor's online estimate of the variance over
-minibatch draws against a fresh-draw measurement at frozen weights."""
+"""The statistics of Adam's adaptive lr (``lightning_ranger.optim.adaptive_lr``), without Lightning:
+each function against an independent hand computation, the probe, and a param group's statistics
+from shares of its state against the statistics of the whole state."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers.monitor import events, scalars, trainer
-from lightning.pytorch import LightningModule
-from sklearn.datasets import load_digits
-from torch import nn
-from torch.func import functional_call, grad, vmap
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from lightning_ranger import RAdam, rectification
-from lightning_ranger.callbacks import RectificationMonitor
 from lightning_ranger.optim import adaptive_lr as stats
+from lightning_ranger.optim.rectification import rectification
+
+
+def test_imports_no_lightning():
+    code = (
+        "import sys, lightning_ranger.optim.adaptive_lr\n"
+        "print(sorted(m for m in ('lightning', 'pytorch_lightning') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
 
 
 def test_limit_steps():
@@ -132,107 +137,131 @@ def test_histogram_quantiles_within_ten_percent():
         assert value == pytest.approx(np.quantile(values, q), rel=0.1), q
 
 
-# --- The online estimate against fresh draws at frozen weights ---------------------------------
+# --- The probe and a param group's statistics --------------------------------------------------
 
-BETA2 = 0.98
-STEPS = 100
-
-
-def digits() -> TensorDataset:
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    return TensorDataset(x, torch.tensor(data.target))
+SHAPES = [(4, 3), (5,)]
+#: Two ranks' FSDP1-like slices of the flattened parameters: (offset, length) per parameter.
+SLICES = [[(0, 8), (0, 2)], [(8, 4), (2, 3)]]
 
 
-class FrozenMLP(LightningModule):
-    """The 64-32-10 MLP on the digits, trained by RAdam at lr 0: every step draws a fresh
-    minibatch (with replacement) at the same weights."""
-
-    def __init__(self, batch_size: int) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-        self.batch_size = batch_size
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self.net(x), y)
-
-    def configure_optimizers(self):
-        return RAdam(self.parameters(), lr=0.0, betas=(0.9, BETA2))
-
-    def train_dataloader(self):
-        data = digits()
-        generator = torch.Generator().manual_seed(self.batch_size)
-        sampler = RandomSampler(data, True, STEPS * self.batch_size, generator=generator)
-        return DataLoader(data, batch_size=self.batch_size, sampler=sampler)
-
-
-def fresh_draws(
-    model: nn.Module, batch_size: int, pool: int, replicates: int = 200, limit: int = 500
-) -> dict[int, tuple[float, float]]:
-    """``{t: (median Var[l_t] / Var[l_limit], median Var[l_t] / E[l_t]^2)}`` over coordinates
-    whose gradient is nonzero in every minibatch of the pool: ``replicates`` independent sequences
-    of ``t`` fresh minibatches each (Adam's recursion in float64), the limit at ``t = limit``."""
-    x, y = digits().tensors
-    params = dict(model.named_parameters())
-
-    def loss(p, xi, yi):
-        out = functional_call(model, p, (xi[None],))
-        return nn.functional.cross_entropy(out, yi[None])
-
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
-    per_sample = torch.cat([g.reshape(len(y), -1) for g in per_sample.values()], dim=1).double()
-    generator = torch.Generator().manual_seed(100 + batch_size)
-    picks = torch.randint(len(y), (pool, batch_size), generator=generator)
-    grads = per_sample[picks].mean(dim=1) if batch_size > 1 else per_sample[picks[:, 0]]
-    grads = grads[:, (grads != 0).all(dim=0)]
-    draws = torch.randint(pool, (limit, replicates), generator=generator)
-    v = grads.new_zeros(replicates, grads.shape[1])
-    moments = {}
-    for t in range(1, limit + 1):
-        g = grads[draws[t - 1]]
-        v = BETA2 * v + (1 - BETA2) * g * g
-        lr = math.sqrt(1 - BETA2**t) / v.sqrt()
-        moments[t] = (lr.var(dim=0), lr.mean(dim=0))
-    var_limit = moments[limit][0]
-    return {
-        t: (float((var / var_limit).median()), float((var / mean**2).median()))
-        for t, (var, mean) in moments.items()
-        if t in (10, 20, 50, 100)
-    }
+def whole_and_sliced(steps: int = 5, seed: int = 0):
+    """A probe of 10 of the 17 coordinates of parameters of ``SHAPES``, whole and as two ranks'
+    1-D slices (as FSDP1 holds them), that recorded the same random gradients for ``steps``
+    steps; and optimizer states (a random ``exp_avg_sq``), whole and sliced."""
+    generator = torch.Generator().manual_seed(seed)
+    whole = [torch.nn.Parameter(torch.zeros(shape)) for shape in SHAPES]
+    sliced = [[torch.nn.Parameter(torch.zeros(n)) for _, n in rank] for rank in SLICES]
+    whole_probe = stats.Probe(whole, 10, capacity=8, world_size=1)
+    numels = [math.prod(shape) for shape in SHAPES]
+    probes = [
+        stats.Probe(params, 10, 8, 2, [(n, o) for n, (o, _) in zip(numels, rank, strict=True)])
+        for params, rank in zip(sliced, SLICES, strict=True)
+    ]
+    for step in range(1, steps + 1):
+        for param in whole:
+            param.grad = torch.randn(param.shape, generator=generator)
+        for params, rank in zip(sliced, SLICES, strict=True):
+            for param, full, (offset, n) in zip(params, whole, rank, strict=True):
+                param.grad = full.grad.reshape(-1)[offset : offset + n].clone()
+        for probe in (whole_probe, *probes):
+            probe.record(float(step))
+    v = [torch.rand(shape, generator=generator) * 1e-4 for shape in SHAPES]
+    t = torch.tensor(float(steps))
+    whole_states = [{"step": t, "exp_avg_sq": x} for x in v]
+    sliced_states = [
+        [
+            {"step": t, "exp_avg_sq": x.reshape(-1)[o : o + n]}
+            for x, (o, n) in zip(v, rank, strict=True)
+        ]
+        for rank in SLICES
+    ]
+    return whole_probe, probes, whole_states, sliced_states
 
 
-def online(tmp_path, batch_size: int) -> tuple[dict[int, float], dict[int, float], nn.Module]:
-    model = FrozenMLP(batch_size)
-    monitor = RectificationMonitor(logging_interval=10, log_histograms=False, probe_size=4096)
-    trainer(tmp_path, STEPS, [monitor], log_every_n_steps=10).fit(model)
-    logs = events(tmp_path)
-    ratio = scalars(logs, "rectification/adaptive_lr_var_ratio")
-    relative = scalars(logs, "rectification/adaptive_lr_rel_var")
-    rectified = scalars(logs, "rectification/rectified_var_ratio")
-    gaussian = scalars(logs, "rectification/adaptive_lr_var_ratio_gaussian")
-    for t in (10, 20, 50, 100):
-        _, r_t = rectification(t, BETA2)
-        assert gaussian[t] == pytest.approx(1 / r_t**2, rel=1e-6)
-        assert rectified[t] == pytest.approx(r_t**2 * ratio[t], rel=1e-6)
-    return ratio, relative, model
+def test_probe_reads_its_coordinates_and_records_each_step_once():
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in SHAPES]
+    probe = stats.Probe(params, 6, capacity=3, world_size=1)
+    chosen = stats.probe_indices([12, 5], 6)
+    assert probe.size == 6 and probe.positions.tolist() == list(range(6))
+    params[0].grad = torch.arange(12.0).reshape(4, 3)  # no gradient for the second parameter
+    expected = [float(i) for i in chosen[0]] + [math.nan] * len(chosen[1])
+    np.testing.assert_array_equal(probe.gradients().numpy(), expected)
+    for step in (1.0, 1.0, 2.0):  # the same optimizer step twice is kept once
+        probe.record(step)
+    assert probe.history.recorded == 2 and probe.last_step == 2.0
+    # Coordinates with a zero (index 0) or missing gradient are no longer alive.
+    alive = [float(i) != 0.0 for i in chosen[0]] + [False] * len(chosen[1])
+    assert probe.history.alive.tolist() == alive
 
 
-def test_online_variance_over_draws_matches_fresh_draws(tmp_path):
-    """Frozen weights: the monitor's bootstrap from the ``t`` gradients seen so far against
-    independent sequences of fresh minibatches. The ratio within a factor 2 at t = 20, 50, 100
-    (batch 32) and 50, 100 (batch 1), falling from 10 to 100; the relative variance within a
-    factor 2 at t = 50 and 100, and several times larger at batch 1 than at batch 32."""
-    results = {}
-    for batch_size, pool in ((32, 600), (1, 2000)):
-        ratio, relative, model = online(tmp_path / str(batch_size), batch_size)
-        results[batch_size] = (ratio, relative, fresh_draws(model.net, batch_size, pool))
-    for batch_size, ratio_steps in ((32, (20, 50, 100)), (1, (50, 100))):
-        ratio, relative, fresh = results[batch_size]
-        assert ratio[10] > ratio[20] > ratio[50] > ratio[100]
-        for t in ratio_steps:
-            assert 0.5 < ratio[t] / fresh[t][0] < 2.0, (batch_size, t, ratio[t], fresh[t][0])
-        for t in (50, 100):
-            assert 0.5 < relative[t] / fresh[t][1] < 2.0, (batch_size, t, relative[t], fresh[t][1])
-    assert results[1][1][50] > 3.0 * results[32][1][50]
+def test_sliced_probes_hold_the_whole_probe_between_them():
+    whole_probe, probes, _, _ = whole_and_sliced()
+    positions = torch.cat([p.positions for p in probes])
+    assert sorted(positions.tolist()) == list(range(whole_probe.size)) == list(range(10))
+    assert all(p.size == whole_probe.size for p in probes)
+    pool = torch.zeros_like(whole_probe.history.pool)
+    for probe in probes:
+        pool[:, probe.positions] = probe.history.pool
+    torch.testing.assert_close(pool, whole_probe.history.pool, rtol=0, atol=0)
+
+
+def test_group_statistics_from_shares_against_the_whole_and_by_hand():
+    """Two ranks' shares, summed and maximised, give the statistics of the whole group; those
+    equal the closed forms, the moments of ``l_t`` by hand (float64) and the bootstrap of the
+    whole probe."""
+    whole_probe, probes, whole_states, sliced_states = whole_and_sliced()
+    beta2, eps, threshold, cpu = 0.9, 1e-8, 8.0, torch.device("cpu")
+    quantiles = {"median": 0.5, "p90": 0.9}
+    share = stats.group_share(whole_states, whole_probe, beta2, eps, 1, cpu)
+    whole = stats.group_statistics(share.sums, share.maxima.tolist(), beta2, threshold, quantiles)
+    shares = [
+        stats.group_share(states, probe, beta2, eps, 1, cpu)
+        for states, probe in zip(sliced_states, probes, strict=True)
+    ]
+    sums = sum(s.sums for s in shares)
+    maxima = torch.stack([s.maxima for s in shares]).amax(dim=0)
+    split = stats.group_statistics(sums, maxima.tolist(), beta2, threshold, quantiles)
+    assert whole is not None and split is not None
+    assert list(split.values) == list(whole.values)
+    for name, value in whole.values.items():
+        assert split.values[name] == pytest.approx(value, rel=1e-6), name
+
+    t = 5
+    v = torch.cat([s["exp_avg_sq"].reshape(-1) for s in whole_states]).double()
+    lr = math.sqrt(1 - beta2**t) / (v.sqrt() + eps)
+    rho_t, r_t = rectification(t, beta2)
+    assert 4 < rho_t < threshold  # r_t is defined but not applied: 0 and SGD steps
+    assert whole.values["rho_t"] == rho_t and whole.values["r_t"] == 0.0
+    assert whole.values["rho_t_threshold"] == threshold
+    assert whole.values["r_t_linear_warmup"] == pytest.approx(t * (1 - beta2) / 2)
+    assert whole.values["nonfinite_fraction"] == 0.0
+    assert whole.values["adaptive_lr_mean"] == pytest.approx(float(lr.mean()), rel=1e-12)
+    assert whole.values["adaptive_lr_var"] == pytest.approx(float(lr.var(unbiased=False)), rel=1e-9)
+    assert whole.values["eps_dominated_fraction"] == 0.0
+    for name, q in quantiles.items():
+        assert whole.values[name] == pytest.approx(float(lr.quantile(q)), rel=0.1)
+    pool = whole_probe.history.pool
+    draws = stats.draw_statistics(pool, t, beta2, eps, stats.REPLICATES)
+    ratio, relative = stats.summarize_draws(
+        draws.var, draws.mean, draws.var_limit, whole_probe.history.alive
+    )
+    assert whole.values["adaptive_lr_var_ratio"] == pytest.approx(ratio, rel=1e-12)
+    assert whole.values["adaptive_lr_rel_var"] == pytest.approx(relative, rel=1e-12)
+    assert whole.values["rectified_var_ratio"] == 0.0
+    assert whole.values["adaptive_lr_var_ratio_gaussian"] == pytest.approx(1 / r_t**2)
+    histogram = whole.histogram
+    assert histogram is not None and histogram.count == 17
+    assert histogram.low == pytest.approx(float(lr.min())) and histogram.high == pytest.approx(
+        float(lr.max())
+    )
+    assert histogram.total == pytest.approx(float(lr.sum()))
+    assert histogram.total_sq == pytest.approx(float(lr.square().sum()))
+    assert sum(histogram.counts) == 17
+
+
+def test_group_statistics_without_state_anywhere_is_none():
+    whole_probe, _, _, _ = whole_and_sliced()
+    share = stats.group_share([], whole_probe, 0.999, 1e-8, 1, torch.device("cpu"))
+    assert share.maxima.tolist() == [-math.inf, -math.inf, -math.inf]
+    assert not share.sums.any()
+    assert stats.group_statistics(share.sums, share.maxima.tolist(), 0.999, 5.0, {}) is None
