@@ -20,7 +20,7 @@ __all__ = [
     "custom_scalars_layout",
     "group_suffixes",
     "is_tensorboard",
-    "quantile_names",
+    "quantile_metrics",
     "tag",
     "write_histogram",
 ]
@@ -45,8 +45,9 @@ def tag(metric: str, suffix: str) -> str:
     return f"{PREFIX}/{metric}{suffix}"
 
 
-def quantile_names(quantiles: object) -> dict[str, float]:
-    """``{"p05": 0.05, ...}``: names ``p{100 q}`` (two digits, more for a finer ``q``).
+def quantile_metrics(quantiles: object) -> dict[str, float]:
+    """The metrics of the ``quantiles`` of ``l_t``: ``{"adaptive_lr_p05": 0.05, ...}``, named
+    ``adaptive_lr_p{100 q}`` (two digits, more for a finer ``q``).
 
     Raises:
         TypeError: if ``quantiles`` is not a sequence of reals.
@@ -54,8 +55,8 @@ def quantile_names(quantiles: object) -> dict[str, float]:
 
     Example::
 
-        >>> quantile_names([0.05, 0.5, 0.125])
-        {'p05': 0.05, 'p50': 0.5, 'p12_5': 0.125}
+        >>> quantile_metrics([0.05, 0.5, 0.125])
+        {'adaptive_lr_p05': 0.05, 'adaptive_lr_p50': 0.5, 'adaptive_lr_p12_5': 0.125}
 
     """
     if isinstance(quantiles, (str, bytes)) or not isinstance(quantiles, Sequence):
@@ -64,7 +65,7 @@ def quantile_names(quantiles: object) -> dict[str, float]:
     for i, value in enumerate(quantiles):
         q = check_real(f"quantiles[{i}]", value, 0.0, 1.0, low_open=True, high_open=True)
         percent = f"{100 * q:.6g}".replace(".", "_")
-        name = f"p{percent:0>2}"
+        name = f"adaptive_lr_p{percent:0>2}"
         if name in names:
             raise ValueError(f"`quantiles` must be distinct, got {value} twice")
         names[name] = q
@@ -97,7 +98,7 @@ def custom_scalars_layout(
 ) -> dict[str, dict[str, list[Any]]]:
     """TensorBoard custom-scalars layout: per group (of ``suffixes``), rho_t beside its threshold,
     r_t beside linear warmup, the variance ratio beside ``1 / r_t^2`` and the rectified ratio, and
-    the ``quantiles`` (by name) of ``l_t``."""
+    the metrics of the ``quantiles`` of ``l_t``."""
 
     def pattern(metric: str, suffix: str) -> str:
         # TensorBoard matches from the start of a tag: allow a logger's prefix before it.
@@ -116,7 +117,7 @@ def custom_scalars_layout(
         ]
         charts[f"adaptive_lr quantiles{sfx}"] = [
             "Multiline",
-            [pattern(f"adaptive_lr_{q}", sfx) for q in quantiles],
+            [pattern(metric, sfx) for metric in quantiles],
         ]
     return {PREFIX: charts}
 

@@ -44,6 +44,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from typing_extensions import override
@@ -62,7 +63,7 @@ from lightning_ranger.callbacks._monitor_naming import (
     PREFIX,
     custom_scalars_layout,
     is_tensorboard,
-    quantile_names,
+    quantile_metrics,
     write_histogram,
 )
 from lightning_ranger.callbacks._strategies import flat_shard_device
@@ -166,8 +167,8 @@ class RectificationMonitor(Callback):
         self.probe_history = check_int(
             "probe_history", probe_history, minimum=2, meaning="optimizer steps of gradients kept"
         )
-        self._quantiles = quantile_names(quantiles)
-        self.quantiles = tuple(self._quantiles.values())
+        self._quantile_metrics = quantile_metrics(quantiles)
+        self.quantiles = tuple(self._quantile_metrics.values())
         self._interval = 0
         self._last_step = 0
         self._groups: list[MonitoredGroup] = []
@@ -216,7 +217,8 @@ class RectificationMonitor(Callback):
                         f" the `{PREFIX}/{HISTOGRAM}` histograms go to the TensorBoard loggers."
                     )
         if trainer.is_global_zero:
-            layout = custom_scalars_layout([g.suffix for g in self._groups], list(self._quantiles))
+            suffixes = [g.suffix for g in self._groups]
+            layout = custom_scalars_layout(suffixes, list(self._quantile_metrics))
             for logger in tensorboards:
                 logger.experiment.add_custom_scalars(layout)  # type: ignore[attr-defined]
 
@@ -253,36 +255,24 @@ class RectificationMonitor(Callback):
         self._probes = {g: p for g, p in self._probes.items() if g in self._groups}
 
     def _log(self, trainer: Trainer, step: int) -> None:
-        found = held_states(self._groups)
-        unsupported = without_adam_state(found)
+        held = held_states(self._groups)
+        unsupported = without_adam_state(held)
         if unsupported:
             self._stop_monitoring(unsupported)
-            found = {g: s for g, s in found.items() if g.optimizer_index not in unsupported}
+            held = {g: s for g, s in held.items() if g.optimizer_index not in unsupported}
         # Replicated state: rank 0 alone computes. Sharded: every rank takes part in the reduce,
         # with the rows of every group (zeros where it holds none of a group's state, or none).
-        if not (self._sharded or (trainer.is_global_zero and found)):
+        if not (self._sharded or (trainer.is_global_zero and held)):
             return
-        device = trainer.strategy.root_device
-        groups = self._groups if self._sharded else list(found)
-        world_size = trainer.world_size if self._dtensors else 1
-        shares = [
-            stats.group_share(found.get(g, []), self._probes[g], g.beta2, g.eps, world_size, device)
-            for g in groups
-        ]
-        sums = torch.cat([share.sums for share in shares])
-        maxima = torch.stack([share.maxima for share in shares])
-        if self._sharded:
-            sums = trainer.strategy.reduce(sums, reduce_op="sum")
-            maxima = trainer.strategy.reduce(maxima, reduce_op="max")
+        groups = self._groups if self._sharded else list(held)
+        group_sums, maxima = self._reduced_shares(trainer, groups, held)
         if not trainer.is_global_zero:
             return
 
         metrics: dict[str, float] = {}
-        quantiles = {f"adaptive_lr_{name}": q for name, q in self._quantiles.items()}
-        group_sums = sums.split([len(share.sums) for share in shares])
-        for group, summed, largest in zip(groups, group_sums, maxima.tolist(), strict=True):
+        for group, sums, largest in zip(groups, group_sums, maxima.tolist(), strict=True):
             statistics = stats.group_statistics(
-                summed, largest, group.beta2, group.threshold, quantiles
+                sums, largest, group.beta2, group.threshold, self._quantile_metrics
             )
             if statistics is None:  # no rank holds optimizer state of the group yet
                 continue
@@ -294,3 +284,27 @@ class RectificationMonitor(Callback):
         if metrics:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
+
+    def _reduced_shares(
+        self,
+        trainer: Trainer,
+        groups: list[MonitoredGroup],
+        held: dict[MonitoredGroup, list[dict[str, Any]]],
+    ) -> tuple[list[Tensor], Tensor]:
+        """Every group's :attr:`~lightning_ranger.optim.adaptive_lr.GroupShare.sums` summed over
+        ranks, and their ``maxima`` (one row per group) reduced by maximum: one all-reduce each,
+        when the state is sharded."""
+        device = trainer.strategy.root_device
+        # DTensor shards and states replicated on every rank count `shards / world_size` on each;
+        # whole states read by rank 0 alone, and FSDP1's disjoint slices, count once.
+        world_size = trainer.world_size if self._dtensors else 1
+        shares = [
+            stats.group_share(held.get(g, []), self._probes[g], g.beta2, g.eps, world_size, device)
+            for g in groups
+        ]
+        sums = torch.cat([share.sums for share in shares])
+        maxima = torch.stack([share.maxima for share in shares])
+        if self._sharded:
+            sums = trainer.strategy.reduce(sums, reduce_op="sum")
+            maxima = trainer.strategy.reduce(maxima, reduce_op="max")
+        return list(sums.split([len(share.sums) for share in shares])), maxima
