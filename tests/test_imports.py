@@ -24,7 +24,15 @@ LIGHTNING = "sorted(m for m in ('lightning', 'pytorch_lightning') if m in sys.mo
 
 @pytest.mark.parametrize(
     "statement",
-    ["import lightning_ranger.optim", "from lightning_ranger import RAdam, rectification, rho_inf"],
+    [
+        "import lightning_ranger.optim",
+        "from lightning_ranger import RAdam, rectification, rho_inf",
+        # every module of the core, the private ones included, and the shared checks beside it
+        "import importlib, pkgutil, lightning_ranger.optim as core, lightning_ranger._validation\n"
+        "for m in pkgutil.iter_modules(core.__path__):\n"
+        "    importlib.import_module(f'lightning_ranger.optim.{m.name}')",
+    ],
+    ids=["core", "top-level", "every-core-module"],
 )
 def test_the_optimizer_imports_without_lightning(statement):
     assert _run(f"import sys\n{statement}\nprint({LIGHTNING})") == "[]"
