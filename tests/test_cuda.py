@@ -24,7 +24,7 @@ from helpers.references import centralized, reference_radam
 from helpers.trainers import fit_lookahead, lookahead_state
 
 from lightning_ranger import RAdam
-from lightning_ranger.callbacks.gradient_centralization import centralize_gradients
+from lightning_ranger.optim import centralize_gradients
 
 pytestmark = pytest.mark.cuda
 
