@@ -58,7 +58,7 @@ def weight_sums(
     tensor counts once.
     """
     numel = sum(state["exp_avg_sq"].numel() for state in states)  # global size for DTensors
-    # Each parameter keeps about one element in `sampling_factor` for the sums and the histogram.
+    # l_t of every element would dominate a logging event's cost: a large group is sampled.
     sampling_factor = max(1, math.ceil(numel / HISTOGRAM_SAMPLES))
     limits = torch.tensor(BUCKET_LIMITS, dtype=torch.float64, device=device)
     sums = torch.zeros(BUCKETS + len(BUCKET_LIMITS), dtype=torch.float64, device=device)

@@ -199,6 +199,21 @@ def group_statistics(
     Returns:
         ``None`` while no rank has optimizer state for the group.
 
+    Example::
+
+        >>> param = torch.nn.Parameter(torch.zeros(4))
+        >>> probe = Probe([param], size=4, capacity=8, world_size=1)
+        >>> for step in (1.0, 2.0):  # after each optimizer step
+        ...     param.grad = torch.tensor([1.0, -2.0, 3.0, 0.5]) * step
+        ...     probe.record(step)
+        >>> state = {"step": torch.tensor(2.0), "exp_avg_sq": torch.full((4,), 0.01)}
+        >>> share = group_share([state], probe, 0.999, 1e-8, 1, torch.device("cpu"))
+        >>> stats = group_statistics(share.sums, share.maxima.tolist(), 0.999, 5.0, {"p50": 0.5})
+        >>> round(stats.values["adaptive_lr_mean"], 4)  # sqrt(1 - 0.999^2) / sqrt(0.01)
+        0.4471
+        >>> stats.values["r_t"], "adaptive_lr_var_ratio" in stats.values
+        (0.0, True)
+
     """
     weights = sums[: BUCKETS + len(BUCKET_LIMITS)].tolist()
     count, nonfinite = weights[COUNT], weights[NONFINITE]
