@@ -71,6 +71,8 @@ class MonitoredGroup:
 
 
 def say_nothing_to_monitor(optimizer: Optimizer, index: int) -> None:
+    """Say, from rank 0, that the optimizer at ``index`` (from 1) has nothing to monitor, and what
+    it would need."""
     rank_zero_info(
         f"`RectificationMonitor`: nothing to monitor for optimizer {index}"
         f" ({type(optimizer).__name__}): it needs param groups with `betas` and `eps` and a state"
