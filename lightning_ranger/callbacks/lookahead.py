@@ -79,24 +79,19 @@ class Lookahead(Callback):
       is emptied (Adam-like moments and RAdam's rectification warm up again) and the ``k``-cycle
       goes on from there; a rank-zero warning names the step and the first non-finite parameter,
       and the running count is logged as ``lookahead/restores``. ``"raise"`` raises instead.
-    - *Cost*: the check reads the fast weights once, the sync
-      (:func:`~lightning_ranger.optim.lookahead.lookahead_sync_`) reads and writes both weights
-      once: 5 memory transfers per element. The memory is one extra copy of the trainable
-      parameters (one shard of it per rank under FSDP2), in float32 for float16/bfloat16
-      parameters. Evaluating on the slow weights stashes a copy of the fast ones meanwhile.
+    - *Cost*: 5 memory transfers per element per sync (the check reads the fast weights, the sync
+      reads and writes both) and one extra copy of the trainable parameters (one shard per rank
+      under FSDP2; float32 for 16-bit parameters).
     - *After fit*: the module holds the slow weights (``final_weights="slow"``, the paper's output)
       or keeps the fast ones (``"fast"``); a checkpoint saved then resumes the same either way.
     - *Checkpoints*: ``checkpoint["state_dict"]`` holds the slow weights; the fast weights and the
       position in the ``k``-cycle are saved too, so resuming continues bit-for-bit (the layout is
-      on the documentation's checkpoints page). Resuming from a checkpoint written without
-      Lookahead starts the slow weights from the loaded weights. Checkpoints with
-      ``save_weights_only=True`` do not call callbacks and hold the module's current (fast)
-      weights.
+      on the documentation's checkpoints page). A checkpoint written without Lookahead starts the
+      slow weights from its weights; ``save_weights_only=True`` checkpoints call no callbacks and
+      hold the fast weights.
     - *Strategies*: a single device, DDP, FSDP2 (``ModelParallelStrategy``) and ``FSDPStrategy``
       (FSDP1) with ``use_orig_params=True``, ``state_dict_type="full"`` and ``FULL_SHARD`` or
-      ``NO_SHARD`` (Lightning's defaults but the last): the slow weights are copies of each rank's
-      slices of the flat parameters. Other FSDP1 set-ups and ``DeepSpeedStrategy`` are refused at
-      setup.
+      ``NO_SHARD``; other FSDP1 set-ups and ``DeepSpeedStrategy`` are refused at setup.
 
     Args:
         k: number of optimizer steps between syncs, a positive int. Default: ``6``.
