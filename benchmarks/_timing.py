@@ -83,9 +83,17 @@ class Timing:
 
     def paired(self, baseline: Timing) -> float:
         """The median of the ratios of samples taken in the same round, which is steadier than
-        the ratio of medians when load comes and goes. Both must have the same number of rounds."""
-        pairs = zip(self.samples, baseline.samples, strict=True)
-        return statistics.median(a / b for a, b in pairs)
+        the ratio of medians when load comes and goes.
+
+        Raises:
+            ValueError: if the two timings have not as many samples.
+        """
+        if len(self.samples) != len(baseline.samples):
+            raise ValueError(
+                f"paired ratios need as many rounds on both sides, got {len(self.samples)} and "
+                f"{len(baseline.samples)}"
+            )
+        return statistics.median(a / b for a, b in zip(self.samples, baseline.samples, strict=True))
 
 
 class Timer:
