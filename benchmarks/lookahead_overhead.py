@@ -22,7 +22,7 @@ The variants are timed interleaved; every figure is a ratio of medians (of minim
 against its baseline. Target: a checked sync within 1.3x its memory bound (printed, never
 asserted).
 
-Run: ``python benchmarks/lookahead_overhead.py`` (about a minute on 2 CPU cores; ``--help``).
+Run: ``python benchmarks/lookahead_overhead.py`` (about 10 s on 2 quiet CPU cores; ``--help``).
 """
 
 from __future__ import annotations

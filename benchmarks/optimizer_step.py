@@ -31,9 +31,10 @@ How to run
     python benchmarks/optimizer_step.py [--dtypes float32 bfloat16 float16] [--compile]
                                         [--sizes [N ...]] [--device cuda]
 
-    ``--sizes`` sweeps 1M to 100M parameters instead (one size at a time; about 8 GB at 100M),
-    written to ``optimizer_step_sizes_<device>.md``. On 2 quiet CPU cores the default run takes
-    about 40 s, ``--compile`` adds about a minute, ``--sizes`` a few minutes.
+    ``--sizes`` sweeps 1M to 100M parameters instead (one size at a time; about 8 GB at 100M).
+    The results go to ``benchmarks/results/optimizer_step[_sizes][_compile]_<device>.md``. On 2
+    quiet CPU cores the default run takes about 40 s, ``--compile`` adds about a minute,
+    ``--sizes`` takes about a minute.
 """
 
 from __future__ import annotations
@@ -270,10 +271,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     path = "fused" if fused else "foreach" if foreach else "per-tensor"
     print(f"{OURS} takes the {path} path on {run.device.type}; measuring...", flush=True)
-    if args.sizes is None:
-        run.finish(resnet18_report(args))
-    else:
-        run.finish(sizes_report(args), variant="_sizes")
+    report = resnet18_report(args) if args.sizes is None else sizes_report(args)
+    # Separate files, so that a sweep or a compiled run leaves the default run's table alone.
+    variant = ("" if args.sizes is None else "_sizes") + ("_compile" if args.compile else "")
+    run.finish(report, variant)
 
 
 if __name__ == "__main__":
