@@ -1,7 +1,7 @@
 """Cost of one Gradient Centralization pass on ResNet-18, as a share of a training step.
 
 The figure that matters is the share: the time of
-:func:`~lightning_ranger.callbacks.gradient_centralization.centralize_gradients` on ResNet-18's
+:func:`~lightning_ranger.optim.centralize_gradients` (what the callback calls) on ResNet-18's
 gradients (its conv and fc weights, what the callback centralizes by default) against one training
 step of the same model measured in the same run (forward, backward and a ``RAdam`` step on a batch
 of ``--batch`` 3x32x32 images, CIFAR-10's size). For scale, the run also reports each variant
@@ -32,11 +32,8 @@ from _report import Run, argument_parser, markdown_table, ms, ratio_cell
 from _timing import InPlaceAdd, Timer, interleaved, memory_bound
 from torch import nn
 
-from lightning_ranger import RAdam
-from lightning_ranger.callbacks.gradient_centralization import (
-    CPU_BLOCK_NUMEL,
-    centralize_gradients,
-)
+from lightning_ranger.optim import RAdam, centralize_gradients
+from lightning_ranger.optim.centralization import CPU_BLOCK_NUMEL
 
 
 def per_tensor(grads: list[torch.Tensor]) -> None:

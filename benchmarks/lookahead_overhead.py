@@ -34,13 +34,8 @@ import torchvision
 from _report import Run, argument_parser, markdown_table, ms, ratio_cell, verdict
 from _timing import InPlaceAdd, Timer, bandwidth, interleaved, memory_bound
 
-from lightning_ranger import RAdam
-from lightning_ranger.optim.lookahead import (
-    first_nonfinite,
-    lookahead_sync_,
-    sync_batch_,
-    sync_batches,
-)
+from lightning_ranger.optim import RAdam, first_nonfinite, lookahead_sync_
+from lightning_ranger.optim.lookahead import sync_batch_, sync_batches
 
 TARGET_VS_BOUND = 1.3
 ALPHA = 0.5

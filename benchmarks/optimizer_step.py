@@ -51,7 +51,7 @@ from _timing import InPlaceAdd, Timer, Timing, bandwidth, interleaved, memory_bo
 from torch import Tensor
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
-from lightning_ranger import RAdam
+from lightning_ranger.optim import RAdam
 
 TRANSFERS_PER_PARAM = 7  # read p, g, m, v; write p, m, v
 DEFAULT_SIZES = (1_000_000, 3_000_000, 10_000_000, 30_000_000, 100_000_000)
