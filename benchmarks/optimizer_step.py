@@ -123,10 +123,10 @@ def measure(
     add = InPlaceAdd([(args.bandwidth_numel,)], device)
     steps[ADD] = add
     timings = interleaved(steps, rounds, Timer(device), warmup=args.warmup)
-    added = timings.pop(ADD)
+    add_timing = timings.pop(ADD)
     params_nbytes = sum(s.numel() for s in shapes) * dtype.itemsize
-    bound = memory_bound(added, add.nbytes, TRANSFERS_PER_PARAM, params_nbytes)
-    bytes_per_s = bandwidth(added, add.nbytes)
+    bound = memory_bound(add_timing, add.nbytes, TRANSFERS_PER_PARAM, params_nbytes)
+    bytes_per_s = bandwidth(add_timing, add.nbytes)
     del steps, add
     if args.compile:
         torch._dynamo.reset()  # frees the compiled steps and the tensors they hold
