@@ -132,7 +132,9 @@ def interleaved(
     """Time every variant once per round, ``rounds`` times, after ``warmup`` untimed calls each.
 
     Each round starts one variant later than the one before (A B C, B C A, C A B, ...), so that no
-    variant always runs right after the same neighbour.
+    variant always runs first, right after the previous round's last. Within a round the order
+    stays the same, so a variant that leaves the caches or the threads in a state that slows its
+    successor shows up in that successor's time: keep unrelated variants in separate runs.
 
     Args:
         variants: the functions to time, by name.
