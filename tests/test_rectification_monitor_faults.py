@@ -62,3 +62,27 @@ def test_nonfinite_state_and_gradients_never_raise_and_are_counted(tmp_path):
     assert 8 not in scalars(accumulator, "rectification/adaptive_lr_var_ratio")
     for tag in accumulator.Tags()["scalars"]:
         assert all(math.isfinite(x) for x in scalars(accumulator, tag).values()), tag
+
+
+class ZeroRow(Callback):
+    """A gradient row that is always 0, so its second moments stay exactly 0."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        pl_module.net[0].weight.grad[0] = 0.0
+
+
+def test_eps_zero_with_zero_second_moments_never_raises(tmp_path):
+    """With ``eps=0`` (allowed by RAdam) a second moment of 0 makes ``l_t`` infinite: the monitor
+    logs that instead of failing the training step; no entry counts as below ``eps``."""
+    monitor = RectificationMonitor(logging_interval=1, probe_size=100)
+    groups = [{"eps": 0.0}, {"eps": 0.0}]
+    run, accumulator, _ = fit(
+        tmp_path, Regressor(groups=groups), monitor, max_steps=4, callbacks_first=[ZeroRow()]
+    )
+    assert run.global_step == 4
+    for group in ("/pg1", "/pg2"):
+        assert set(
+            scalars(accumulator, f"rectification/eps_dominated_fraction{group}").values()
+        ) == {0.0}
+    assert scalars(accumulator, "rectification/adaptive_lr_mean/pg1")[4] == math.inf
+    assert math.isfinite(scalars(accumulator, "rectification/adaptive_lr_mean/pg2")[4])

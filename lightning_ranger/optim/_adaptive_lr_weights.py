@@ -5,6 +5,7 @@ PyTorch.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Sequence
@@ -83,18 +84,15 @@ def weight_sums(
                 sums[NONFINITE] += nonfinite * weight
                 continue
             low, high = (x.item() for x in torch.aminmax(v))
-        # eps^2 underflows in 16 bits (1e-16 for the default eps): compare in float32 there.
-        wide = v if v.dtype in (torch.float32, torch.float64) else v.float()
-        dominated = float(torch.count_nonzero(wide < eps * eps)) if eps > 0 else 0.0
+        dominated = _eps_dominated(v, low, eps)
         # l_t falls as v_t grows: its extrema come from those of v_t.
-        lr_low = bias_correction / (math.sqrt(high) + eps)
-        lr_high = bias_correction / (math.sqrt(low) + eps)
+        lr_low = _adaptive_lr(bias_correction, high, eps)
+        lr_high = _adaptive_lr(bias_correction, low, eps)
         extrema = torch.maximum(extrema, extrema.new_tensor([-lr_low, lr_high]))
         sample = v
-        if sampling_factor > 1:  # at random positions: a regular stride would pick matrix columns
-            generator = torch.Generator(v.device).manual_seed(0)
-            picks = (math.ceil(v.numel() / sampling_factor),)
-            sample = v[torch.randint(v.numel(), picks, generator=generator, device=v.device)]
+        if sampling_factor > 1:
+            picks = math.ceil(v.numel() / sampling_factor)
+            sample = v[_sample_positions(v.numel(), picks, v.device)]
         lr = bias_correction / (sample.to(device, torch.float64).sqrt() + eps)
         scale = v.numel() / sample.numel()
         buckets = torch.bucketize(lr, limits).clamp_(max=len(limits) - 1)
@@ -104,6 +102,32 @@ def weight_sums(
         sums[SUM] += lr.sum() * (scale * weight)
         sums[SUM_SQ] += lr.square().sum() * (scale * weight)
     return sums, extrema
+
+
+def _adaptive_lr(bias_correction: float, v: float, eps: float) -> float:
+    """``l_t`` of one second moment ``v``: infinite where ``sqrt(v) + eps`` is 0 (``eps=0``)."""
+    denominator = math.sqrt(v) + eps
+    return bias_correction / denominator if denominator > 0 else math.inf
+
+
+def _eps_dominated(v: Tensor, low: float, eps: float) -> float:
+    """How many entries of ``v`` (finite, smallest ``low``) have ``sqrt(v) < eps``."""
+    if eps <= 0:
+        return 0.0
+    # eps^2 underflows in 16 bits (1e-16 for the default eps): compare in float32 there.
+    wide_dtype = v.dtype if v.dtype in (torch.float32, torch.float64) else torch.float32
+    threshold = torch.tensor(eps * eps, dtype=wide_dtype).item()  # as the comparison rounds it
+    if low >= threshold:  # the minimum decides it without reading v again
+        return 0.0
+    return float(torch.count_nonzero(v.to(wide_dtype) < threshold))
+
+
+@functools.lru_cache(maxsize=1024)
+def _sample_positions(numel: int, picks: int, device: torch.device) -> Tensor:
+    """The same ``picks`` random positions in ``[0, numel)`` at every logging event (fixed seed;
+    random rather than regular, since a regular stride would pick the columns of a matrix)."""
+    generator = torch.Generator(device).manual_seed(0)
+    return torch.randint(numel, (picks,), generator=generator, device=device)
 
 
 def histogram_quantiles(
