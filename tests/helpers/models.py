@@ -51,8 +51,9 @@ def make_optimizer(name: str, params: Iterable[Tensor], lr: float) -> torch.opti
 
 
 def regression_module(base: type, name: str) -> type:
-    """A class ``name``: the regression ``Net`` on ``base``, the ``LightningModule`` of ``lightning.pytorch`` or of
-    ``pytorch_lightning``: the same layers, data and optimizer under either namespace."""
+    """A class ``name``: the regression ``Net`` on ``base``, the ``LightningModule`` of
+    ``lightning.pytorch`` or of ``pytorch_lightning``: the same layers, data and optimizer under
+    either namespace."""
 
     class Net(base):  # type: ignore[valid-type, misc]
         """Regression on :func:`make_data`; logs ``val_loss`` and ``test_loss``."""
