@@ -2,14 +2,11 @@
 and against torch.optim.RAdam."""
 
 import itertools
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 from helpers.data import IMPLEMENTATIONS, gradient_sequence, random_params
+from helpers.launch import run_two_processes
 from helpers.references import ReferenceRAdam, reference_radam
 
 from lightning_ranger import RAdam
@@ -320,46 +317,8 @@ def test_default_selection_is_fused_on_cpu_and_bitwise_equal_to_fused():
         assert torch.equal(a, b)
 
 
-_DTENSOR_SCRIPT = """
-import os, torch, torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import Shard, distribute_tensor
-from lightning_ranger import RAdam
-
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"])
-dist.init_process_group("gloo", rank=0, world_size=1)
-mesh = init_device_mesh("cpu", (1,))
-for dtype in (torch.bfloat16, torch.float32):
-    for options in ({"fused": True}, {"foreach": True}, {"foreach": False, "fused": False}):
-        torch.manual_seed(0)
-        value = torch.randn(6, 4).to(dtype)
-        sharded = torch.nn.Parameter(distribute_tensor(value, mesh, [Shard(0)]))
-        plain = torch.nn.Parameter(value.clone())
-        optimizers = [RAdam([p], lr=1e-2, **options) for p in (sharded, plain)]
-        for _ in range(8):
-            grad = torch.randn(6, 4).to(dtype)
-            sharded.grad = distribute_tensor(grad, mesh, [Shard(0)])
-            plain.grad = grad.clone()
-            for optimizer in optimizers:
-                optimizer.step()
-        assert torch.equal(sharded.full_tensor(), plain.detach()), (dtype, options)
-dist.destroy_process_group()
-print("ok")
-"""
-
-
 @pytest.mark.distributed
 def test_dtensor_parameters_step_like_plain_tensors():
-    """FSDP2 parameters are DTensors: every path, 16-bit included, steps them as plain tensors."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    result = subprocess.run(
-        [sys.executable, "-c", _DTENSOR_SCRIPT],
-        env={**os.environ, "PORT": port},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().endswith("ok")
+    """FSDP2 parameters are DTensors: every path, 16-bit included, steps a parameter sharded over
+    2 processes exactly as a plain tensor (``tests/scripts/radam_dtensor.py``)."""
+    run_two_processes("radam_dtensor", timeout=300)
