@@ -82,17 +82,16 @@ def radam(
     tensors = RAdamTensors(params, grads, exp_avgs, exp_avg_sqs)
     if any(p.is_complex() for p in params):
         tensors = tensors.as_real()
-    # StepOptions declares its fields in the order of this signature.
     options = StepOptions(
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        decoupled_weight_decay,
-        rectify_threshold,
-        degenerate_to_sgd,
-        maximize,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        rectify_threshold=rectify_threshold,
+        degenerate_to_sgd=degenerate_to_sgd,
+        maximize=maximize,
     )
     if fused:
         fused_radam(tensors, state_steps, options)
