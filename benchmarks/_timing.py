@@ -103,19 +103,29 @@ class Timer:
     Args:
         device: the device whose work is timed.
         clock: the clock to read (seconds).
+        after: called, untimed, before every timed call: the work that precedes the timed pass
+            where it really runs (a training step before a gradient pass, an optimizer step
+            before a sync), so that every variant starts from the same caches instead of from
+            whatever its predecessor in the round left.
     """
 
     def __init__(
-        self, device: torch.device, clock: Callable[[], float] = time.perf_counter
+        self,
+        device: torch.device,
+        clock: Callable[[], float] = time.perf_counter,
+        after: Callable[[], object] | None = None,
     ) -> None:
         self.device = device
         self.clock = clock
+        self.after = after
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def __call__(self, fn: Callable[[], object]) -> float:
+        if self.after is not None:
+            self.after()
         self.synchronize()
         start = self.clock()
         fn()
@@ -134,7 +144,8 @@ def interleaved(
     Each round starts one variant later than the one before (A B C, B C A, C A B, ...), so that no
     variant always runs first, right after the previous round's last. Within a round the order
     stays the same, so a variant that leaves the caches or the threads in a state that slows its
-    successor shows up in that successor's time: keep unrelated variants in separate runs.
+    successor shows up in that successor's time: keep unrelated variants in separate runs, or give
+    every variant the same untimed predecessor (``Timer(after=...)``).
 
     Args:
         variants: the functions to time, by name.

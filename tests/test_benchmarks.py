@@ -81,6 +81,27 @@ def test_interleaved_rotates_the_order_and_times_each_call_with_the_clock(
     }
 
 
+def test_timer_runs_its_predecessor_untimed_before_every_call(
+    bench: Callable[[str], ModuleType],
+) -> None:
+    timing = bench("_timing")
+    now = [0.0]
+    calls: list[str] = []
+
+    def advance(name: str, cost: float) -> Callable[[], None]:
+        def call() -> None:
+            calls.append(name)
+            now[0] += cost
+
+        return call
+
+    timer = timing.Timer(torch.device("cpu"), clock=lambda: now[0], after=advance("step", 10.0))
+    variants = {"a": advance("a", 1.0), "b": advance("b", 2.0)}
+    t = timing.interleaved(variants, rounds=2, measure=timer, warmup=0)
+    assert calls == ["step", "a", "step", "b", "step", "b", "step", "a"]
+    assert {name: timed.samples for name, timed in t.items()} == {"a": (1.0, 1.0), "b": (2.0, 2.0)}
+
+
 def test_interleaved_takes_any_measure_of_a_call(bench: Callable[[str], ModuleType]) -> None:
     timing = bench("_timing")
     reported = iter([0.5, 0.25, 0.75])
