@@ -193,7 +193,11 @@ def test_monitor_histograms_and_layout_reach_the_pytorch_lightning_tensorboard_l
     assert layouts[1] == layouts[0]
     (category,) = layouts[1].category
     charts = {c.title for c in category.chart}
-    assert {"r_t vs r_t_linear_warmup", "rho_t vs rho_t_threshold"} <= charts
+    assert {
+        "r_t vs r_t_linear_warmup",
+        "rho_t vs rho_t_threshold",
+        "adaptive_lr quantiles",
+    } <= charts
 
 
 class _Body:

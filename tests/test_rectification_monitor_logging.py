@@ -16,7 +16,6 @@ from helpers.monitor import (
     TWO_GROUPS,
     Regressor,
     closed_form,
-    events,
     fit,
     trainer,
 )
@@ -138,33 +137,3 @@ def test_csv_logger_takes_scalars_and_no_histograms(tmp_path, caplog):
         expected = closed_form(int(row["step"]), 0.999, 5.0)
         assert float(row["rectification/rho_t"]) == pytest.approx(expected["rho_t"], rel=1e-9)
         assert float(row["rectification/r_t"]) == pytest.approx(expected["r_t"], rel=1e-9)
-
-
-def test_pytorch_lightning_tensorboard_logger_gets_histograms_and_layout(tmp_path, caplog):
-    """Under ``pytorch_lightning`` (Trainer, module and TensorBoardLogger of that namespace) the
-    histograms and the custom-scalars layout are written, and no logger is said to take none."""
-    import pytorch_lightning
-    from helpers.pl import PLNet
-
-    logger = pytorch_lightning.loggers.TensorBoardLogger(
-        tmp_path, name="", version=0, default_hp_metric=False
-    )
-    run = pytorch_lightning.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=4,
-        logger=logger,
-        callbacks=[RectificationMonitor(logging_interval=2)],
-        accelerator="cpu",
-        devices=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    with caplog.at_level(logging.INFO):
-        run.fit(PLNet())
-    assert not [r for r in caplog.records if "takes no histograms" in r.getMessage()]
-    accumulator = events(tmp_path)
-    assert [h.step for h in accumulator.Histograms("rectification/adaptive_lr")] == [2, 4]
-    (config,) = accumulator.Tensors("custom_scalars__config__")
-    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
-    assert "adaptive_lr quantiles" in [c.title for c in layout.category[0].chart]
