@@ -271,33 +271,29 @@ def test_a_misspelt_optimizer_fails_at_parse_time_with_the_choices(tmp_path, mod
 
 
 @pytest.mark.parametrize(
-    ("flag", "message"),
+    ("model", "flag", "message"),
     [
-        ("--model.ranger.lr=big", "`lr` must be a float > 0, got 'big'"),
-        ("--model.ranger.warmup_steps=1.5", "`warmup_steps` must be an int >= 0, got '1.5'"),
+        # A value that no RangerConfig field accepts makes the parser fall back to the dict, which
+        # is checked whether the config rejects it by type or by value.
+        ("mypkg.DictNet", "--model.ranger.lr=big", "`lr` must be a float > 0, got 'big'"),
+        (
+            "mypkg.DictNet",
+            "--model.ranger.warmup_steps=1.5",
+            "`warmup_steps` must be an int >= 0, got '1.5'",
+        ),
+        # A RangerConfig-typed argument gets its types checked by the parser and its ranges by
+        # the config.
+        (None, "--model.ranger.lr=-1", "`lr` must be a float > 0, got -1.0"),
+        (None, "--model.ranger.k=0", "`k` must be a positive int, got 0"),
+        ("mypkg.MyNet", "--model.ranger.lr=-1", "`lr` must be a float > 0, got -1.0"),
+        ("mypkg.MyNet", "--model.ranger.k=0", "`k` must be a positive int, got 0"),
     ],
+    ids=["dict-type", "dict-type-int", "demo-range", "demo-range-int", "typed-range", "typed-int"],
 )
-def test_a_bad_ranger_dict_fails_at_parse_time_naming_the_field(tmp_path, flag, message):
-    """A value that no RangerConfig field accepts makes the parser fall back to the dict, which
-    is checked whether the config rejects it by type or by value."""
-    result = _user_cli(tmp_path, "fit", "--model=mypkg.DictNet", flag, "--trainer.max_steps=1")
-    assert result.returncode == 2
-    assert result.stderr.strip().endswith(f"error: --model.ranger: {message}"), result.stderr
-    assert not (tmp_path / "lightning_logs").exists()
-
-
-@pytest.mark.parametrize("model", [[], ["--model=mypkg.MyNet"]], ids=["demo", "typed"])
-@pytest.mark.parametrize(
-    ("flag", "message"),
-    [
-        ("--model.ranger.lr=-1", "`lr` must be a float > 0, got -1.0"),
-        ("--model.ranger.k=0", "`k` must be a positive int, got 0"),
-    ],
-)
-def test_an_out_of_range_ranger_field_fails_at_parse_time(tmp_path, model, flag, message):
-    """A ``RangerConfig``-typed argument gets its types checked by the parser and its ranges by
-    the config, before anything is built."""
-    result = _user_cli(tmp_path, "fit", *model, flag, "--trainer.max_steps=1")
+def test_a_bad_ranger_field_fails_at_parse_time_naming_it(tmp_path, model, flag, message):
+    """Before anything is built, with the config's message."""
+    chosen = [] if model is None else [f"--model={model}"]
+    result = _user_cli(tmp_path, "fit", *chosen, flag, "--trainer.max_steps=1")
     assert result.returncode == 2
     assert result.stderr.strip().endswith(f"error: --model.ranger: {message}"), result.stderr
     assert not (tmp_path / "lightning_logs").exists()
