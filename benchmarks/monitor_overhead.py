@@ -97,6 +97,7 @@ class TimedMonitor(RectificationMonitor):
         super().__init__(**kwargs)
         self.event_seconds: list[float] = []
         self.event_cpu_seconds: list[float] = []
+        self._logged = False
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -104,10 +105,15 @@ class TimedMonitor(RectificationMonitor):
             probe.history.values.normal_()
             probe.history.recorded = self.probe_history
 
+    def _log(self, trainer: Trainer, step: int) -> None:
+        self._logged = True  # the monitor's own decision that this batch is a logging event
+        super()._log(trainer, step)
+
     def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        self._logged = False
         start, start_cpu = time.perf_counter(), time.process_time()
         super().on_train_batch_end(trainer, *args)
-        if trainer.global_step % (self.logging_interval or trainer.log_every_n_steps) == 0:
+        if self._logged:
             self.event_seconds.append(time.perf_counter() - start)
             self.event_cpu_seconds.append(time.process_time() - start_cpu)
 
