@@ -16,6 +16,7 @@ from helpers.asserts import assert_close, assert_equal
 from helpers.data import batches_of, make_data
 from helpers.launch import run_two_processes
 from helpers.models import TinyNet
+from helpers.references import centralized, reference_gradient_centralization
 from scripts.gradient_centralization_distributed import EPOCHS, VARIANTS
 
 pytestmark = pytest.mark.distributed
@@ -34,10 +35,6 @@ def _record(out: Path, name: str, rank: int) -> dict:
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_two_processes_on_half_batches_match_one_on_full_batches(out: Path, variant: str) -> None:
-    from helpers.references import (
-        reference_gradient_centralization as reference_gradient_centralization,
-    )
-
     sharded, min_ndim = VARIANTS[variant]
     first, second = _record(out, variant, 0), _record(out, variant, 1)
     assert first["step"] == second["step"] == 5 * EPOCHS
@@ -50,8 +47,6 @@ def test_two_processes_on_half_batches_match_one_on_full_batches(out: Path, vari
 
 
 def test_dtensor_placements_match_full_tensors(out: Path) -> None:
-    from helpers.references import centralized
-
     for rank in (0, 1):
         record = _record(out, "placements", rank)
         assert record["got"].keys() == record["full"].keys()

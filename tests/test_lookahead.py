@@ -15,7 +15,7 @@ import torch
 from helpers.asserts import assert_close, assert_equal, fast_and_slow, params
 from helpers.data import batches_of, make_data
 from helpers.models import Net, TinyNet, TwoOptimizerNet, make_optimizer, two_optimizers
-from helpers.references import reference_lookahead, tiny_lookahead_reference
+from helpers.references import prefixed, reference_lookahead, tiny_lookahead_reference
 from helpers.trainers import make_trainer
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -26,11 +26,6 @@ from torch import nn
 from lightning_ranger.callbacks._slow_weights import SlowWeights
 from lightning_ranger.callbacks.lookahead import FAST_WEIGHTS_KEY, Lookahead
 from lightning_ranger.optim.lookahead import CPU_BATCH_NUMEL, slow_dtype
-
-
-def _prefixed(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Reference names (``layers...``) as the LightningModule names them (``net.layers...``)."""
-    return {f"net.{name}": t for name, t in weights.items()}
 
 
 @pytest.mark.parametrize(
@@ -63,8 +58,8 @@ def test_matches_algorithm_1(
         alpha=alpha,
         accumulate=accumulate,
     )
-    assert_close(fast, _prefixed(ref_fast), atol=1e-6)
-    assert_close(slow, _prefixed(ref_slow), atol=1e-6)
+    assert_close(fast, prefixed(ref_fast), atol=1e-6)
+    assert_close(slow, prefixed(ref_slow), atol=1e-6)
     # BatchNorm statistics are the module's own, never synced.
     ref_buffers = {f"net.{n}": b for n, b in net.named_buffers()}
     assert_close(dict(model.named_buffers()), ref_buffers, atol=1e-6)
@@ -95,8 +90,8 @@ def test_counts_optimizer_steps_in_manual_optimization(tmp_path: Path) -> None:
         k=3,
         alpha=0.5,
     )
-    assert_close(fast, _prefixed(ref_fast), atol=1e-6)
-    assert_close(slow, _prefixed(ref_slow), atol=1e-6)
+    assert_close(fast, prefixed(ref_fast), atol=1e-6)
+    assert_close(slow, prefixed(ref_slow), atol=1e-6)
 
 
 def test_frozen_parameters_are_not_tracked(tmp_path: Path) -> None:
@@ -188,9 +183,9 @@ def test_precisions_match_algorithm_1(
         forward_context=forward_context,
         input_dtype=input_dtype,
     )
-    assert_close(fast, _prefixed(ref_fast), atol=1e-6)
+    assert_close(fast, prefixed(ref_fast), atol=1e-6)
     # The module holds the slow weights rounded to its dtype.
-    assert_close(slow, {n: t.to(param_dtype) for n, t in _prefixed(ref_slow).items()}, atol=1e-6)
+    assert_close(slow, {n: t.to(param_dtype) for n, t in prefixed(ref_slow).items()}, atol=1e-6)
 
 
 class _Steps(Callback):

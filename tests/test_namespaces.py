@@ -28,6 +28,7 @@ from helpers.launch import run_two_processes
 from helpers.models import TinyNet
 from helpers.pl import NAMESPACES, PLCPUFSDPStrategy, PLNet, make_trainer, namespace, net_class
 from helpers.references import tiny_lookahead_reference
+from scripts.pl_namespace import VARIANTS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
@@ -252,8 +253,6 @@ def test_ranger_mixin_on_a_pytorch_lightning_module(tmp_path: Path) -> None:
 
 
 # 2 processes under pytorch_lightning ----------------------------------------------------------
-
-VARIANTS = ("ddp", "fsdp1", "fsdp2")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from helpers.data import batches_of, make_data
-from helpers.models import TinyNet, make_optimizer
+from helpers.models import TinyNet, make_optimizer, poison
 from lightning_ranger import RAdam
 
 
@@ -168,6 +168,11 @@ def _slow_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
+def prefixed(weights: dict[str, Tensor], prefix: str = "net.") -> dict[str, Tensor]:
+    """Reference names (``layers...``) as the LightningModule names them (``net.layers...``)."""
+    return {f"{prefix}{name}": t for name, t in weights.items()}
+
+
 def tiny_lookahead_reference(
     net: TinyNet,
     optimizer: str = "radam",
@@ -175,12 +180,24 @@ def tiny_lookahead_reference(
     samples: int = 20,
     epochs: int,
     k: int,
+    nan_at_step: int | None = None,
     **hooks: Callable[[int], None] | None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """:func:`reference_lookahead` of ``net`` under ``make_optimizer(optimizer, lr=0.05)``,
     ``alpha=0.5``, on ``make_data(samples)`` in batches of 4 (by default the data and optimizer of
     :class:`Net`'s default run), keyed as the LightningModule names the parameters (``net.``
-    prefix). ``hooks`` are ``before_step`` and ``before_epoch``."""
+    prefix). ``hooks`` are ``before_step`` and ``before_epoch``; ``nan_at_step`` (1-based), if
+    given, puts a NaN in the gradient of ``layers.out.bias`` before that optimizer step, as
+    :class:`helpers.models.NaNGradientNet` does (it replaces ``before_step``)."""
+    if nan_at_step is not None:
+
+        def before_step(steps: int) -> None:
+            if steps + 1 == nan_at_step:
+                bias = net.layers["out"].bias
+                assert bias.grad is not None
+                poison(bias.grad)
+
+        hooks["before_step"] = before_step
     fast, slow = reference_lookahead(
         net,
         [make_optimizer(optimizer, net.parameters(), 0.05)],
@@ -190,7 +207,7 @@ def tiny_lookahead_reference(
         alpha=0.5,
         **hooks,
     )
-    return {f"net.{n}": t for n, t in fast.items()}, {f"net.{n}": t for n, t in slow.items()}
+    return prefixed(fast), prefixed(slow)
 
 
 def hand_centralize(grads: list[Tensor]) -> None:
@@ -246,7 +263,7 @@ def reference_gradient_centralization(
                     scaler.unscale_(optimizer)
                 with torch.no_grad():
                     hand_centralize([p.grad for p in net.parameters() if p.ndim >= threshold])
-                grads.append({f"net.{n}": p.grad.clone() for n, p in net.named_parameters()})
+                grads.append(prefixed({n: p.grad.clone() for n, p in net.named_parameters()}))
                 if scaler is None:
                     optimizer.step()
                 else:
@@ -254,4 +271,4 @@ def reference_gradient_centralization(
                     scaler.update()
                 optimizer.zero_grad()
                 step += 1
-    return {f"net.{n}": p.detach().clone() for n, p in net.named_parameters()}, grads
+    return prefixed({n: p.detach().clone() for n, p in net.named_parameters()}), grads

@@ -1,5 +1,5 @@
 """Sharded training on the CPU: FSDP1 (``FSDPStrategy``) for either Lightning namespace, and the
-full weights of a module under any strategy.
+full weights of a module under any strategy (and Lookahead's full fast and slow weights).
 
 Lightning accepts ``FSDPStrategy`` only with CUDA (it checks for that exact class, so a subclass
 passes), and torch's ``FullyShardedDataParallel`` needs to be told the CPU as its ``device_id``
@@ -18,6 +18,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn import Module
 
 from lightning_ranger._namespaces import lightning_isinstance
+from lightning_ranger.callbacks.lookahead import Lookahead
 
 
 def cpu_fsdp_strategy(base: type, name: str) -> type:
@@ -58,3 +59,15 @@ def full_weights(model: Module, trainer: Any) -> dict[str, torch.Tensor]:
         n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
         for n, p in model.named_parameters()
     }
+
+
+def full_fast_and_slow(
+    lookahead: Lookahead, model: Module, trainer: Any
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``lookahead``'s full fast and slow weights of ``model`` (every rank calls this); the module
+    holds the fast weights again afterwards."""
+    fast = full_weights(model, trainer)
+    lookahead.show_slow_weights()
+    slow = full_weights(model, trainer)
+    lookahead.show_fast_weights()
+    return fast, slow

@@ -52,7 +52,7 @@ def placements(out: Path) -> None:
     """Centralize DTensors of several placements (uneven shards included) on a 2-rank mesh."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor import Partial, Replicate, Shard, distribute_tensor
 
     mesh = init_device_mesh("cpu", (2,))
     torch.manual_seed(0)  # the same full tensors on both ranks

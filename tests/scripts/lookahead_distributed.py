@@ -32,7 +32,7 @@ from helpers.models import (
     ShardedNet,
     ShardedTiedLM,
 )
-from helpers.sharded import CPUFSDPStrategy, full_weights
+from helpers.sharded import CPUFSDPStrategy, full_fast_and_slow
 from helpers.trainers import make_trainer
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -54,10 +54,8 @@ class StartRecorder(Callback):
         self.record: dict[str, dict[str, torch.Tensor]] = {}
 
     def on_train_start(self, trainer: Trainer, pl_module: Net) -> None:  # type: ignore[override]
-        self.record["start_fast"] = full_weights(pl_module, trainer)
-        self.lookahead.show_slow_weights()
-        self.record["start_slow"] = full_weights(pl_module, trainer)
-        self.lookahead.show_fast_weights()
+        fast, slow = full_fast_and_slow(self.lookahead, pl_module, trainer)
+        self.record["start_fast"], self.record["start_slow"] = fast, slow
 
 
 # variant: (strategy[:FSDP1 sharding strategy], save_distributed_checkpoint, precision,
@@ -90,6 +88,8 @@ VARIANTS = {
     "fsdp2_meta": ("fsdp2", True, "32-true", "radam"),
 }
 NAN_AT_STEP, NAN_RANK = 6, 1
+#: Suffixes of the variants fitted uninterrupted only (no checkpoint, no resume).
+UNINTERRUPTED_ONLY = ("_nan", "_meta")
 
 
 def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = None) -> None:
@@ -132,10 +132,7 @@ def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = Non
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, ckpt_path=ckpt_path)
-    fast = full_weights(model, trainer)
-    lookahead.show_slow_weights()
-    slow = full_weights(model, trainer)
-    lookahead.show_fast_weights()
+    fast, slow = full_fast_and_slow(lookahead, model, trainer)
     record = {
         "fast": fast,
         "slow": slow,
@@ -162,10 +159,7 @@ def fit_tied(out: Path) -> None:
     )
     model = ShardedTiedLM()
     trainer.fit(model)
-    fast = full_weights(model, trainer)
-    lookahead.show_slow_weights()
-    slow = full_weights(model, trainer)
-    lookahead.show_fast_weights()
+    fast, slow = full_fast_and_slow(lookahead, model, trainer)
     torch.save({"fast": fast, "slow": slow}, out / f"fsdp2_tied_rank{trainer.global_rank}.pt")
 
 
@@ -175,7 +169,7 @@ def main(out: Path, variants: list[str]) -> None:
             fit_tied(out)
             continue
         fit(out, variant, "uninterrupted", max_epochs=3)
-        if variant.endswith(("_nan", "_meta")):
+        if variant.endswith(UNINTERRUPTED_ONLY):
             continue
         fit(out, variant, "first", max_epochs=1)
         # 5 steps per epoch: the epoch-0 checkpoint is 2 steps into a 3-step cycle.

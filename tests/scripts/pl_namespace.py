@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from helpers.launch import leave_process_group
 from helpers.pl import PLCPUFSDPStrategy, PLNet, PLShardedNet, make_trainer
-from helpers.sharded import full_weights
+from helpers.sharded import full_fast_and_slow
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
@@ -53,10 +53,7 @@ def fit(out: Path, variant: str) -> None:
         enable_checkpointing=True,
     )
     trainer.fit(model)
-    fast = full_weights(model, trainer)
-    lookahead.show_slow_weights()
-    slow = full_weights(model, trainer)
-    lookahead.show_fast_weights()
+    fast, slow = full_fast_and_slow(lookahead, model, trainer)
     record = {"fast": fast, "slow": slow, "step": trainer.global_step}
     torch.save(record, out / f"{variant}_rank{trainer.global_rank}.pt")
 
