@@ -305,7 +305,10 @@ def test_deepspeed_is_refused_at_setup() -> None:
             {"sharding_strategy": "HYBRID_SHARD", "auto_wrap_policy": {torch.nn.Linear}},
             r"`sharding_strategy=HYBRID_SHARD`",
         ),
-        ({"sharding_strategy": "SHARD_GRAD_OP"}, r"`sharding_strategy=SHARD_GRAD_OP`"),
+        (
+            {"sharding_strategy": "_HYBRID_SHARD_ZERO2", "auto_wrap_policy": {torch.nn.Linear}},
+            r"`sharding_strategy=_HYBRID_SHARD_ZERO2`",
+        ),
     ],
 )
 def test_fsdp1_needs_flat_shards_by_name_and_full_checkpoints(

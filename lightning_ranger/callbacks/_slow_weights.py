@@ -14,6 +14,10 @@ module's parameters that the inner optimizer moves):
   and :class:`~lightning_ranger.callbacks._flat_shards.FlatShardLayout` says where it lies in the
   full parameter. The arithmetic runs on the local shards, which is exact for these elementwise
   operations.
+- *Written where the module computes*: FSDP keeps unsharded copies of some parameters after a
+  forward without backward (:mod:`~lightning_ranger.optim.resharding`), which a value written into
+  the shards would not reach; every write here reshards first, so the next forward gathers the
+  values written.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from lightning_ranger.optim.lookahead import (
     sync_batch_,
     sync_batches,
 )
+from lightning_ranger.optim.resharding import reshard
 
 __all__ = [
     "SlowWeights",
@@ -48,7 +53,10 @@ _FSDP1_WRAPPED = "_fsdp_wrapped_module."
 
 def named_parameters(module: torch.nn.Module) -> dict[str, Tensor]:
     """``module``'s parameters by name, as in its state dict (without FSDP1's wrapper modules); a
-    parameter shared by several modules appears once, under its first name."""
+    parameter shared by several modules appears once, under its first name. FSDP2 modules are
+    resharded first: after a forward without backward they register their unsharded parameters,
+    which the next reshard frees, in place of the sharded ones that persist."""
+    reshard(module)
     return {name.replace(_FSDP1_WRAPPED, ""): p for name, p in module.named_parameters()}
 
 
@@ -95,6 +103,9 @@ class SlowWeights:
             tensors or DTensors.
         names: the names of the parameters to track (all of them parameters of ``module``);
             ``None``: those with ``requires_grad``.
+        root: the module whose forward runs, which may wrap ``module`` (FSDP1's root unit does):
+            its FSDP units are resharded before each write into the parameters. ``None``:
+            ``module``.
 
     Raises:
         KeyError: if ``names`` holds a name that is not a parameter of ``module``.
@@ -106,8 +117,10 @@ class SlowWeights:
         module: torch.nn.Module,
         flat_shard_device: torch.device | None = None,
         names: Sequence[str] | None = None,
+        root: torch.nn.Module | None = None,
     ) -> None:
         self._module = module
+        self._root = module if root is None else root
         self._flat_shard_device = flat_shard_device
         if names is None:
             tracked = trainable_parameters(module)
@@ -163,6 +176,7 @@ class SlowWeights:
         tracked parameters, on the batches cut for their current storage."""
         if self.shows_slow:
             raise RuntimeError("Cannot sync the slow weights while the module holds them")
+        reshard(self._root)
         for slow_batch, fast_batch in self._sync_batches():
             sync_batch_(slow_batch, fast_batch, alpha)
 
@@ -180,6 +194,7 @@ class SlowWeights:
             raise RuntimeError(
                 "Cannot restore the fast weights while the module holds the slow ones"
             )
+        reshard(self._root)
         torch._foreach_copy_(_locals(self._params), _locals(self._slow))
 
     def _sync_batches(self) -> list[SyncBatch]:
@@ -214,6 +229,7 @@ class SlowWeights:
         """Put the stashed fast weights back in the module (no-op if it already holds them)."""
         if self._stash is None:
             return
+        reshard(self._root)
         torch._foreach_copy_(_locals(self._params), _locals(self._stash))
         self._stash = None
 
@@ -240,10 +256,12 @@ class SlowWeights:
     def load_targets(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """``(slow, fast)`` tensors by name to load a sharded checkpoint into, in place.
 
-        The slow tensors are the slow weights themselves; the fast ones are the module's parameters.
+        The slow tensors are the slow weights themselves; the fast ones are the module's parameters
+        (its FSDP units resharded, since the caller writes into them).
         """
         if self.shows_slow:
             raise RuntimeError("Cannot load fast weights while the module holds the slow ones")
+        reshard(self._root)
         slow = dict(zip(self.names, self._slow, strict=True))
         fast = {n: p.detach() for n, p in zip(self.names, self._params, strict=True)}
         return slow, fast

@@ -29,12 +29,13 @@ _EVERYWHERE = (
 )
 _FSDP1 = (
     '; `FSDPStrategy` (FSDP1) with `use_orig_params=True`, `state_dict_type="full"` (both '
-    "Lightning's defaults) and the `FULL_SHARD` or `NO_SHARD` sharding strategy"
+    "Lightning's defaults) and the `FULL_SHARD`, `SHARD_GRAD_OP` or `NO_SHARD` sharding strategy"
 )
-#: FSDP1 sharding strategies whose parameters are the local slices whenever callbacks run;
-#: ``SHARD_GRAD_OP`` keeps them unsharded after an evaluation forward (no backward reshards them),
-#: and hybrid sharding replicates slices across shard groups.
-_SHARDING = ("FULL_SHARD", "NO_SHARD")
+#: FSDP1 sharding strategies whose parameters are the local slices whenever callbacks run (what
+#: ``FULL_SHARD``'s root unit and ``SHARD_GRAD_OP`` keep unsharded after a forward without backward
+#: is freed before each write: :func:`~lightning_ranger.optim.resharding.reshard`); hybrid sharding
+#: replicates slices across shard groups.
+_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
 
 
 def check_strategy(strategy: Strategy, callback: str, reason: str, allow_fsdp1: bool) -> None:

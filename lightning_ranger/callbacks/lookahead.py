@@ -90,8 +90,11 @@ class Lookahead(Callback):
       slow weights from its weights; ``save_weights_only=True`` checkpoints call no callbacks and
       hold the fast weights.
     - *Strategies*: a single device, DDP, FSDP2 (``ModelParallelStrategy``) and ``FSDPStrategy``
-      (FSDP1) with ``use_orig_params=True``, ``state_dict_type="full"`` and ``FULL_SHARD`` or
-      ``NO_SHARD``; other FSDP1 set-ups and ``DeepSpeedStrategy`` are refused at setup.
+      (FSDP1) with ``use_orig_params=True``, ``state_dict_type="full"`` and ``FULL_SHARD``,
+      ``SHARD_GRAD_OP`` or ``NO_SHARD``; other FSDP1 set-ups and ``DeepSpeedStrategy`` are refused
+      at setup. Every write into the parameters (a sync, a swap, a restore, a resume) first frees
+      the unsharded copies that FSDP keeps after a forward without backward, so the next forward
+      computes with the values written.
 
     Args:
         k: number of optimizer steps between syncs, a positive int. Default: ``6``.
@@ -196,11 +199,11 @@ class Lookahead(Callback):
         # After the strategy moved (and possibly sharded) the parameters.
         if self._pending is not None:
             names, slow, fast = self._pending
-            self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy), names)
+            self._weights = _slow_weights(trainer, pl_module, names)
             self._weights.load(slow, fast)
             self._pending = None
         else:
-            self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy))
+            self._weights = _slow_weights(trainer, pl_module)
             self._synced_at_step = None  # set by `load_state_dict` or at train start
             self.restores = 0
 
@@ -296,12 +299,12 @@ class Lookahead(Callback):
                 "weights."
             )
             if self._weights is not None:  # taken before the strategy restored the checkpoint
-                self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy))
+                self._weights = _slow_weights(trainer, pl_module)
             return
         names: list[str] = state["names"]
         check_checkpoint_names(pl_module, names)
         if self._weights is not None and self._weights.names != tuple(names):
-            self._weights = SlowWeights(pl_module, flat_shard_device(trainer.strategy), names)
+            self._weights = _slow_weights(trainer, pl_module, names)
         loaded = weights_to_load(trainer, pl_module, checkpoint, names)
         if loaded is None:
             # Strategies restore sharded checkpoints after setup, so the slow weights exist.
@@ -311,6 +314,17 @@ class Lookahead(Callback):
             self._pending = (names, *loaded)
         else:
             self._weights.load(*loaded)
+
+
+def _slow_weights(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str] | None = None
+) -> SlowWeights:
+    """Slow weights of ``pl_module`` as the strategy set it up: FSDP1's flat shards gathered on
+    its device, and the FSDP units of the module that the strategy runs (FSDP1's root wraps
+    ``pl_module``) resharded before each write."""
+    return SlowWeights(
+        pl_module, flat_shard_device(trainer.strategy), names, root=trainer.strategy.model
+    )
 
 
 def lookahead_callbacks(trainer: pl.Trainer) -> list[Lookahead]:
