@@ -36,9 +36,6 @@ RESUMED = tuple(v for v in VARIANTS if not v.endswith(UNINTERRUPTED_ONLY))
 NAN_VARIANTS = tuple(v for v in VARIANTS if v.endswith("_nan"))
 # Fitted uninterrupted only, from parameters created on the meta device.
 META_VARIANTS = tuple(v for v in VARIANTS if v.endswith("_meta"))
-# FSDP1 with RAdam: Lightning's full checkpoint does not hold the run's moments (see the script), so
-# only the restored weights are compared; "fsdp1_sgd" resumes the whole run under FSDP1.
-EXACT_RESUME = tuple(v for v in RESUMED if v != "fsdp1")
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +113,7 @@ def test_resume_restores_the_weights_of_the_checkpoint(out: Path, variant: str) 
         assert_equal(resumed["start_slow"], first["slow"])
 
 
-@pytest.mark.parametrize("variant", EXACT_RESUME)
+@pytest.mark.parametrize("variant", RESUMED)
 def test_resume_is_bit_exact(out: Path, variant: str) -> None:
     uninterrupted = _record(out, variant, "uninterrupted", 0)
     assert uninterrupted["step"] == 15
@@ -126,7 +123,9 @@ def test_resume_is_bit_exact(out: Path, variant: str) -> None:
             assert_equal(_record(out, variant, "resumed", rank)[key], uninterrupted[key])
 
 
-@pytest.mark.parametrize("variant", ["ddp", "fsdp2", "fsdp2_full", "fsdp1"])
+@pytest.mark.parametrize(
+    "variant", ["ddp", "fsdp2", "fsdp2_full", "fsdp2_root", "fsdp1", "fsdp1_root"]
+)
 def test_two_processes_on_half_batches_match_one_on_full_batches(
     out: Path, variant: str, reference: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -186,10 +186,21 @@ class ShardedNet(Net):
     """FSDP2: each linear layer and the root are sharded over the data-parallel mesh."""
 
     def configure_model(self) -> None:
+        if isinstance(self, FSDPModule):  # sharded by an earlier fit or evaluation of the trainer
+            return
         mesh = self.device_mesh["data_parallel"]
         for layer in (self.net.layers["inp"], self.net.layers["out"]):
             fully_shard(layer, mesh=mesh)
         fully_shard(self, mesh=mesh)
+
+
+class RootShardedNet(Net):
+    """FSDP2 with the root as the only unit: it holds every parameter, and FSDP2 keeps a root's
+    parameters unsharded after a forward without backward (an evaluation)."""
+
+    def configure_model(self) -> None:
+        if not isinstance(self, FSDPModule):
+            fully_shard(self, mesh=self.device_mesh["data_parallel"])
 
 
 class ShardedNaNGradientNet(NaNGradientNet):

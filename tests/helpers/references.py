@@ -210,6 +210,24 @@ def tiny_lookahead_reference(
     return prefixed(fast), prefixed(slow)
 
 
+def tiny_lookahead_forward_weights(
+    epochs_per_fit: Sequence[int], k: int
+) -> list[dict[str, Tensor]]:
+    """The weights that each training forward of :func:`tiny_lookahead_reference` computes with,
+    over one fit per entry of ``epochs_per_fit``: each fit starts with a fresh optimizer and fresh
+    slow weights from the weights where the previous one ended (its fast weights), as
+    ``Trainer.fit`` does with ``Lookahead(final_weights="fast")``."""
+    net = TinyNet()
+    weights: list[dict[str, Tensor]] = []
+
+    def before_step(steps: int) -> None:  # no change since the forward of this step
+        weights.append(prefixed({n: p.detach().clone() for n, p in net.named_parameters()}))
+
+    for epochs in epochs_per_fit:
+        tiny_lookahead_reference(net, epochs=epochs, k=k, before_step=before_step)
+    return weights
+
+
 def hand_centralize(grads: list[Tensor]) -> None:
     """The formula, one tensor at a time: subtract the mean over all dims but the first (over the
     whole tensor for a 1-D one)."""

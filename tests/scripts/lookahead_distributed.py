@@ -5,7 +5,8 @@ Lightning sees the launcher's environment and does not start processes itself, s
 several Trainers in the same process group. For each variant in :data:`VARIANTS` (DDP; FSDP2
 through ``ModelParallelStrategy`` with ``fully_shard``, with sharded or single-file checkpoints, in
 float32 or bf16-true; FSDP1 through ``FSDPStrategy`` on the CPU, each linear layer its own FSDP
-unit, with RAdam or SGD-momentum, in float32 or bf16-mixed) it fits 3 epochs uninterrupted, then 1
+unit, with RAdam or SGD-momentum, in float32 or bf16-mixed; the ``*_root`` variants with the root
+as the only FSDP unit) it fits 3 epochs uninterrupted, then 1
 epoch that checkpoints mid-cycle, then resumes that checkpoint to 3 epochs, and saves each rank's
 full fast and slow weights (at the end, and when training starts) to
 ``OUT/<variant>_<run>_rank<r>.pt`` for the test to compare. The ``*_nan`` variants (a NaN gradient
@@ -28,6 +29,7 @@ from helpers.launch import leave_process_group
 from helpers.models import (
     NaNGradientNet,
     Net,
+    RootShardedNet,
     ShardedNaNGradientNet,
     ShardedNet,
     ShardedTiedLM,
@@ -59,19 +61,24 @@ class StartRecorder(Callback):
 
 
 # variant: (strategy[:FSDP1 sharding strategy], save_distributed_checkpoint, precision,
-# optimizer). FSDP1's whole-run resume is checked with SGD-momentum: with Adam-like state (RAdam
-# here, torch.optim.Adam without any callback of ours too) Lightning's FSDP1 full checkpoints hold
-# other moments than the run had.
+# optimizer). Every fit runs Lightning's sanity check and validates at each epoch's end, on the
+# slow weights (SlowWeightSwap).
 VARIANTS = {
     "ddp": ("ddp", False, "32-true", "radam"),
     "fsdp2": ("fsdp2", True, "32-true", "radam"),
     "fsdp2_full": ("fsdp2", False, "32-true", "radam"),
+    # The root as the only FSDP2 unit, and the root FSDP1 unit holding every parameter
+    # (Lightning's default, no auto-wrap policy): both keep the root's unsharded parameters after
+    # the validation forward, which the swap must not let into training.
+    "fsdp2_root": ("fsdp2", True, "32-true", "radam"),
+    "fsdp1_root": ("fsdp1", False, "32-true", "radam"),
     "fsdp2_bf16": ("fsdp2", True, "bf16-true", "radam"),
     "fsdp1": ("fsdp1", False, "32-true", "radam"),
     "fsdp1_sgd": ("fsdp1", False, "32-true", "sgd"),
     "fsdp1_bf16": ("fsdp1", False, "bf16-mixed", "sgd"),
     "fsdp1_bf16_true": ("fsdp1", False, "bf16-true", "sgd"),
     "fsdp1_no_shard": ("fsdp1:NO_SHARD", False, "32-true", "sgd"),
+    "fsdp1_shard_grad_op": ("fsdp1:SHARD_GRAD_OP", False, "32-true", "radam"),
     "fsdp2_full_bf16": ("fsdp2", False, "bf16-true", "radam"),
     "fsdp2_bf16_mixed": ("fsdp2", True, "bf16-mixed", "radam"),
     "ddp_bf16": ("ddp", False, "bf16-mixed", "radam"),
@@ -104,9 +111,8 @@ def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = Non
             save_distributed_checkpoint=distributed_checkpoint,
         )
     elif kind == "fsdp1":
-        strategy = CPUFSDPStrategy(
-            auto_wrap_policy={nn.Linear}, sharding_strategy=sharding or "FULL_SHARD"
-        )
+        policy = {} if variant.endswith("_root") else {"auto_wrap_policy": {nn.Linear}}
+        strategy = CPUFSDPStrategy(sharding_strategy=sharding or "FULL_SHARD", **policy)
     lookahead = Lookahead(k=K, alpha=ALPHA, final_weights="fast")
     start = StartRecorder(lookahead)
     checkpoint = ModelCheckpoint(dirpath=out / variant / run, save_top_k=-1, every_n_epochs=1)
@@ -118,6 +124,7 @@ def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = Non
         precision=precision,
         max_epochs=max_epochs,
         limit_val_batches=None,
+        num_sanity_val_steps=2,
         enable_checkpointing=True,
     )
     if variant.endswith("_nan"):
@@ -127,8 +134,10 @@ def fit(out: Path, variant: str, run: str, max_epochs: int, ckpt_path: Any = Non
         with trainer.init_module(empty_init=True):
             model = ShardedNet(optimizer, seed=seed)
         assert all(p.is_meta for p in model.parameters())
+    elif kind == "fsdp2":
+        model = (RootShardedNet if variant.endswith("_root") else ShardedNet)(optimizer, seed=seed)
     else:
-        model = (ShardedNet if kind == "fsdp2" else Net)(optimizer, seed=seed)
+        model = Net(optimizer, seed=seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, ckpt_path=ckpt_path)
