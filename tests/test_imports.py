@@ -26,7 +26,7 @@ LIGHTNING = "sorted(m for m in ('lightning', 'pytorch_lightning') if m in sys.mo
     "statement",
     [
         "import lightning_ranger.optim",
-        "from lightning_ranger import RAdam, rectification, rho_inf",
+        "from lightning_ranger import RAdam, Ranger, rectification, rho_inf",
         # every module of the core, the private ones included, and the shared checks beside it
         "import importlib, pkgutil, lightning_ranger.optim as core, lightning_ranger._validation\n"
         "for m in pkgutil.iter_modules(core.__path__):\n"
@@ -51,10 +51,11 @@ def test_the_mixin_imports_lightning_on_first_use():
 
 def test_every_public_name_resolves_to_its_home():
     from lightning_ranger.mixin import RangerConfig, RangerMixin
-    from lightning_ranger.optim import RAdam, rectification, rho_inf
+    from lightning_ranger.optim import RAdam, Ranger, rectification, rho_inf
 
     homes = {
         "RAdam": RAdam,
+        "Ranger": Ranger,
         "RangerConfig": RangerConfig,
         "RangerMixin": RangerMixin,
         "rectification": rectification,
@@ -64,16 +65,16 @@ def test_every_public_name_resolves_to_its_home():
     for name, value in homes.items():
         assert getattr(lightning_ranger, name) is value, name
     assert set(lightning_ranger.__all__) <= set(dir(lightning_ranger))
-    assert lightning_ranger.__version__ == "0.1.0"
+    assert lightning_ranger.__version__ == "0.2.0"
 
 
 def test_an_unknown_name_raises_attribute_error():
     with pytest.raises(
-        AttributeError, match=r"^module 'lightning_ranger' has no attribute 'Ranger'$"
+        AttributeError, match=r"^module 'lightning_ranger' has no attribute 'Lookahead'$"
     ):
-        lightning_ranger.Ranger  # noqa: B018
-    with pytest.raises(ImportError, match="cannot import name 'Ranger' from 'lightning_ranger'"):
-        from lightning_ranger import Ranger  # noqa: F401
+        lightning_ranger.Lookahead  # noqa: B018
+    with pytest.raises(ImportError, match="cannot import name 'Lookahead' from 'lightning_ranger'"):
+        from lightning_ranger import Lookahead  # noqa: F401
 
 
 def test_the_package_the_callbacks_and_the_mixin_import_no_extra():

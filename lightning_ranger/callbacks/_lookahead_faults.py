@@ -4,7 +4,6 @@ weight before a sync: find it on any rank, and restart the fast weights from the
 from __future__ import annotations
 
 import lightning.pytorch as pl
-import torch.distributed as dist
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_ranger.callbacks._slow_weights import SlowWeights
@@ -19,11 +18,8 @@ def nonfinite_parameter(weights: SlowWeights, trainer: pl.Trainer) -> str | None
     """The name of the first tracked parameter whose fast weights hold a NaN or an infinity on
     any rank (one all-reduce, which every rank must join), ``None`` if none does: every rank gets
     the same answer, so all of them sync or all of them restore."""
-    first = weights.first_nonfinite(trainer.strategy.root_device)
-    if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
-        dist.all_reduce(first, op=dist.ReduceOp.MIN)
-    index = int(first.item())
-    return weights.names[index] if index < len(weights.names) else None
+    index = weights.nonfinite(trainer.strategy.root_device)
+    return None if index is None else weights.names[index]
 
 
 def restart_fast_weights(

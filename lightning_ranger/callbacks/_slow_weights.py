@@ -1,23 +1,16 @@
-"""Name-keyed slow copies of a module's trainable parameters, shard- and dtype-aware.
+"""Name-keyed slow copies of a module's trainable parameters, for the Lightning callback.
 
-:class:`SlowWeights` holds Lookahead's slow weights ``phi`` beside the fast weights ``theta`` (the
-module's parameters that the inner optimizer moves):
+:class:`SlowWeights` is :class:`~lightning_ranger.optim.slow_copies.SlowCopies` (the slow weights
+``phi`` beside the fast weights ``theta``, their sync, check, restore and swap, dtype- and
+shard-aware) over a module's parameters, addressed by name:
 
 - *Keyed by name*: every tensor that enters or leaves is addressed by its parameter name in
   ``module.named_parameters()``, which is stable across processes, restarts and parameter order.
   Only parameters with ``requires_grad`` are tracked; buffers (BatchNorm statistics) are not.
-- *Dtype-aware*: the slow copy of a float16 or bfloat16 parameter is float32 (interpolating tiny
-  updates in 16 bits loses them); parameters in float32 or float64 keep their dtype.
-- *Shard-aware*: the slow copy of a ``DTensor`` parameter (FSDP2, tensor parallelism) is a
-  ``DTensor`` with the same mesh and placements, so each rank holds one shard. The slow copy of an
-  FSDP1 parameter (a 1-D view of this rank's slice of the flat parameter) is a copy of that slice,
-  and :class:`~lightning_ranger.callbacks._flat_shards.FlatShardLayout` says where it lies in the
-  full parameter. The arithmetic runs on the local shards, which is exact for these elementwise
-  operations.
-- *Written where the module computes*: FSDP keeps unsharded copies of some parameters after a
-  forward without backward (:mod:`~lightning_ranger.optim.resharding`), which a value written into
-  the shards would not reach; every write here reshards first, so the next forward gathers the
-  values written.
+- *FSDP1 flat shards*: the slow copy of an FSDP1 parameter (a 1-D view of this rank's slice of the
+  flat parameter) is a copy of that slice, and
+  :class:`~lightning_ranger.callbacks._flat_shards.FlatShardLayout` says where it lies in the full
+  parameter, to gather full tensors for checkpoints and to take a rank's slice of one.
 """
 
 from __future__ import annotations
@@ -29,15 +22,9 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from lightning_ranger.callbacks._flat_shards import FlatShardLayout
-from lightning_ranger.optim.lookahead import (
-    SyncBatch,
-    first_nonfinite,
-    local_tensor,
-    slow_dtype,
-    sync_batch_,
-    sync_batches,
-)
+from lightning_ranger.optim.lookahead import local_tensor
 from lightning_ranger.optim.resharding import reshard
+from lightning_ranger.optim.slow_copies import SlowCopies
 
 __all__ = [
     "SlowWeights",
@@ -79,22 +66,16 @@ def _aliases(module: torch.nn.Module, names: Sequence[str]) -> dict[str, list[st
     }
 
 
-def _locals(tensors: Sequence[Tensor]) -> list[Tensor]:
-    return [local_tensor(t) for t in tensors]
-
-
 def _full(t: Tensor) -> Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
-class SlowWeights:
+class SlowWeights(SlowCopies):
     """Slow copies of ``module``'s trainable parameters, taken from their current values.
 
     The tracked parameters are those with ``requires_grad`` at construction, or the ones that
     ``names`` lists (a checkpoint's, whichever their ``requires_grad`` now), and any that
-    :meth:`track_new` adds later. The module shows either its fast weights (its own, during
-    training) or the slow ones (for evaluation, or after training); while it shows the slow ones,
-    the fast weights wait in a stash (one more copy, in the parameters' dtype).
+    :meth:`track_new` adds later.
 
     Args:
         module: the module whose parameters with ``requires_grad`` get slow copies.
@@ -120,7 +101,6 @@ class SlowWeights:
         root: torch.nn.Module | None = None,
     ) -> None:
         self._module = module
-        self._root = module if root is None else root
         self._flat_shard_device = flat_shard_device
         if names is None:
             tracked = trainable_parameters(module)
@@ -128,110 +108,28 @@ class SlowWeights:
             every = named_parameters(module)
             tracked = {name: every[name] for name in names}
         self.names: tuple[str, ...] = ()
-        self._params: list[Tensor] = []
-        self._slow: list[Tensor] = []
-        self._stash: list[Tensor] | None = None
         self._layout: FlatShardLayout | None = None
         #: The other state-dict names of tracked parameters that modules share (tied weights).
         self.aliases: dict[str, list[str]] = {}
+        super().__init__([], module if root is None else root)
         self._track(tracked)
-        # The sync's batches of local tensors, and the storage addresses they were cut from: they
-        # are cut again when a storage changes (the module moved, FSDP2 re-laid its shards). The
-        # batches keep the old storages alive, so an address cannot be reused meanwhile.
-        self._batches: list[SyncBatch] = []
-        self._batches_storage: list[int] = []
 
-    @torch.no_grad()
     def _track(self, parameters: Mapping[str, Tensor]) -> None:
+        self.extend(list(parameters.values()))
         self.names += tuple(parameters)
-        self._params += list(parameters.values())
-        self._slow += [
-            p.detach().to(dtype=slow_dtype(p.dtype), copy=True) for p in parameters.values()
-        ]
         if self._flat_shard_device is not None:
-            self._layout = FlatShardLayout(self._params, self._flat_shard_device)
+            self._layout = FlatShardLayout(self.params, self._flat_shard_device)
         self.aliases = _aliases(self._module, self.names)
 
     def track_new(self) -> list[str]:
         """Track the parameters that have ``requires_grad`` now and are not tracked yet, from their
         current values; return their names. Under FSDP1 flat shards this is a collective when any
         parameter is new (every rank sees the same ``requires_grad``)."""
-        if self.shows_slow:
-            raise RuntimeError(
-                "Cannot track new parameters while the module holds the slow weights"
-            )
         tracked = set(self.names)
         new = {n: p for n, p in trainable_parameters(self._module).items() if n not in tracked}
         if new:
             self._track(new)
         return list(new)
-
-    @property
-    def shows_slow(self) -> bool:
-        """Whether the module currently holds the slow weights (the fast ones are stashed)."""
-        return self._stash is not None
-
-    def sync(self, alpha: float) -> None:
-        """Lookahead's sync (:func:`~lightning_ranger.optim.lookahead.lookahead_sync_`) of the
-        tracked parameters, on the batches cut for their current storage."""
-        if self.shows_slow:
-            raise RuntimeError("Cannot sync the slow weights while the module holds them")
-        reshard(self._root)
-        for slow_batch, fast_batch in self._sync_batches():
-            sync_batch_(slow_batch, fast_batch, alpha)
-
-    def first_nonfinite(self, device: torch.device) -> Tensor:
-        """The index in :attr:`names` of the first tracked parameter whose local fast weights hold
-        a NaN or an infinity, ``len(names)`` if none does
-        (:func:`~lightning_ranger.optim.lookahead.first_nonfinite`)."""
-        return first_nonfinite(self._params, device)
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        """Reset the fast weights to the slow ones (after a fault), leaving the slow ones as they
-        are."""
-        if self.shows_slow:
-            raise RuntimeError(
-                "Cannot restore the fast weights while the module holds the slow ones"
-            )
-        reshard(self._root)
-        torch._foreach_copy_(_locals(self._params), _locals(self._slow))
-
-    def _sync_batches(self) -> list[SyncBatch]:
-        fast, slow = _locals(self._params), _locals(self._slow)
-        storage = [t.data_ptr() for t in fast + slow]
-        if storage != self._batches_storage:
-            self._batches, self._batches_storage = sync_batches(slow, fast), storage
-        return self._batches
-
-    @torch.no_grad()
-    def follow_parameters(self) -> None:
-        """Move the slow weights (and the stash) to the parameters' devices, as after Lightning's
-        teardown moved the module to the CPU, and forget the sync's batches, which hold on to the
-        parameters' old storage."""
-        self._slow = [s.to(p.device) for s, p in zip(self._slow, self._params, strict=True)]
-        if self._stash is not None:
-            self._stash = [t.to(p.device) for t, p in zip(self._stash, self._params, strict=True)]
-        self._batches, self._batches_storage = [], []
-
-    @torch.no_grad()
-    def show_slow(self) -> bool:
-        """Put the slow weights in the module, stash the fast ones; ``False`` if shown already."""
-        if self.shows_slow:
-            return False
-        stash = [p.detach().clone() for p in self._params]
-        self.restore()
-        self._stash = stash
-        return True
-
-    @torch.no_grad()
-    def show_fast(self) -> None:
-        """Put the stashed fast weights back in the module (no-op if it already holds them)."""
-        if self._stash is None:
-            return
-        reshard(self._root)
-        torch._foreach_copy_(_locals(self._params), _locals(self._stash))
-        self._stash = None
 
     @property
     def flat_shards(self) -> bool:
@@ -245,8 +143,7 @@ class SlowWeights:
         (flattened, for flat shards): a collective that every rank must call. With ``full=False``
         they are returned as they are (the live tensors, not copies).
         """
-        fast = self._stash if self._stash is not None else [p.detach() for p in self._params]
-        slow = self._slow
+        slow, fast = self.slow, self.fast
         if full and self._layout is not None:
             slow, fast = self._layout.gather(slow), self._layout.gather(fast)
         elif full:
@@ -261,9 +158,9 @@ class SlowWeights:
         """
         if self.shows_slow:
             raise RuntimeError("Cannot load fast weights while the module holds the slow ones")
-        reshard(self._root)
-        slow = dict(zip(self.names, self._slow, strict=True))
-        fast = {n: p.detach() for n, p in zip(self.names, self._params, strict=True)}
+        self._reshard()
+        slow = dict(zip(self.names, self.slow, strict=True))
+        fast = {n: p.detach() for n, p in zip(self.names, self.params, strict=True)}
         return slow, fast
 
     @torch.no_grad()

@@ -31,6 +31,7 @@ from lightning_ranger.callbacks._lookahead_faults import (
 )
 from lightning_ranger.callbacks._slow_weights import SlowWeights
 from lightning_ranger.callbacks._strategies import check_strategy, flat_shard_device
+from lightning_ranger.optim.lookahead_optimizer import Lookahead as LookaheadOptimizer
 
 __all__ = [
     "FAST_WEIGHTS_KEY",
@@ -109,9 +110,10 @@ class Lookahead(Callback):
         TypeError: if ``k`` is not an int, ``alpha`` not a real number, ``final_weights`` or
             ``on_nonfinite`` not a string.
         ValueError: if ``k < 1``, ``alpha`` is outside ``(0, 1]`` or NaN, ``final_weights`` or
-            ``on_nonfinite`` is unknown; at setup, if the trainer has two ``Lookahead`` callbacks
-            or a strategy that is refused (above); when resuming, if the checkpoint holds weights
-            of parameters that the module does not have.
+            ``on_nonfinite`` is unknown; at setup, if the trainer has two ``Lookahead`` callbacks,
+            a strategy that is refused (above) or an optimizer wrapped in
+            :class:`lightning_ranger.optim.Lookahead`; when resuming, if the checkpoint holds
+            weights of parameters that the module does not have.
         FloatingPointError: at a sync with ``on_nonfinite="raise"``, if a fast weight is NaN or
             infinite (on any rank).
 
@@ -196,6 +198,12 @@ class Lookahead(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if any(isinstance(optimizer, LookaheadOptimizer) for optimizer in trainer.optimizers):
+            raise ValueError(
+                "The trainer has both the `Lookahead` callback and an optimizer wrapped in "
+                "`lightning_ranger.optim.Lookahead` (or `Ranger`), which would sync twice; keep "
+                "one: the callback with the inner optimizer, or the wrapper without the callback"
+            )
         # After the strategy moved (and possibly sharded) the parameters.
         if self._pending is not None:
             names, slow, fast = self._pending
