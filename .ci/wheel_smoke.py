@@ -33,7 +33,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICKSTARTS = ("radam", "callbacks", "mixin")
+QUICKSTARTS = ("radam", "ranger", "callbacks", "mixin")
 EXTRAS_MODULES = ("sklearn", "torchvision", "matplotlib")
 
 

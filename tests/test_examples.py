@@ -241,3 +241,15 @@ def test_cifar10_resnet_says_where_the_data_goes(
     message = capsys.readouterr().err
     assert f"{tmp_path / 'cifar-10-batches-py'} lacks data_batch_1" in message
     assert "cifar-10-python.tar.gz" in message and "download=True" in message
+
+
+def test_fabric_ranger_resumes_bit_for_bit_and_logs_to_tensorboard(tmp_path: Path) -> None:
+    uninterrupted = _run("fabric_ranger.py", "--epochs", "3", "--out", tmp_path / "a")
+    _run("fabric_ranger.py", "--epochs", "2", "--out", tmp_path / "b")
+    resumed = _run("fabric_ranger.py", "--epochs", "3", "--out", tmp_path / "b", "--resume")
+    final = [line for line in uninterrupted.splitlines() if line.startswith("final")]
+    assert final == [line for line in resumed.splitlines() if line.startswith("final")]
+    assert "after 72 steps" in final[0]
+    (events,) = (tmp_path / "a").glob("events.out.tfevents.*")
+    scalars = EventAccumulator(str(events)).Reload().Tags()["scalars"]
+    assert {"val/acc", "val/loss", "rectification/r_t", "lookahead/restores"} <= set(scalars)

@@ -315,5 +315,11 @@ def test_a_timm_state_dict_continues_as_timm_would() -> None:
     slow = [timm._base_optimizer.state[p]["lookahead_slow_buff"] for p in net.parameters()]
     pairs = zip(ours._copies.slow, slow, strict=True)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in pairs)
+    # And back: this wrapper's state dict loads into timm's.
+    back = TimmLookahead(torch.optim.Adam(TinyNet().parameters(), lr=0.05), alpha=0.5, k=4)
+    back.load_state_dict(ours.state_dict())
+    assert back.param_groups[0]["lookahead_step"] == 15
+    loaded = back._base_optimizer.state_dict()["state"]
+    assert all(torch.equal(loaded[i][SLOW_KEY], s) for i, s in enumerate(ours._copies.slow))
     with pytest.raises(ValueError, match=r"saved with `lookahead_k=4`; this Lookahead has `k=6`"):
         Lookahead(torch.optim.Adam(TinyNet().parameters())).load_state_dict(saved["optimizer"])

@@ -365,14 +365,18 @@ class Lookahead(Optimizer):
         self.optimizer.load_state_dict({**state_dict, "state": nonempty, "param_groups": groups})
         for group in self.param_groups:
             group.setdefault(STEP_KEY, 0)
-        self._copies = self._loaded_copies(slow) if slow else None
+        # The saved groups list the state's keys (indices, or names from torch's distributed
+        # checkpoint helpers) in the order of the parameters.
+        order = {key: i for i, key in enumerate(k for g in groups for k in g["params"])}
+        self._copies = self._loaded_copies({order[key]: t for key, t in slow.items()})
 
     @torch.no_grad()
-    def _loaded_copies(self, slow: dict[int, Tensor]) -> SlowCopies:
-        """Slow copies of the parameters from ``slow`` (by index in the state dict); parameters
-        without an entry start from their values."""
-        params = self._params()
-        copies = SlowCopies(params)
+    def _loaded_copies(self, slow: dict[int, Tensor]) -> SlowCopies | None:
+        """Slow copies of the parameters from ``slow`` (by the parameters' position); parameters
+        without an entry start from their values; ``None`` if ``slow`` is empty."""
+        if not slow:
+            return None
+        copies = SlowCopies(self._params())
         for i, saved in slow.items():
             target = copies.slow[i]
             local_tensor(target).copy_(local_tensor(saved).to(device=local_tensor(target).device))
