@@ -1,9 +1,11 @@
-"""Cost of Lookahead's sync on ResNet-18's parameters, three figures from one run.
+"""Cost of Lookahead's sync on ResNet-18's parameters, four figures from one run.
 
 The sync and its check are the plain-PyTorch functions of :mod:`lightning_ranger.optim.lookahead`:
 ``lookahead_sync_(slow, fast, alpha)`` as a plain loop calls it, the same sync with its batches cut
-once (``sync_batches``, then ``sync_batch_`` on each batch at every sync, as the Lookahead callback
-runs it) and ``first_nonfinite(fast)``, the check for NaN/inf that precedes it.
+once (``sync_batches``, then ``sync_batch_`` on each batch at every sync) and
+``first_nonfinite(fast)``, the check for NaN/inf that precedes it. The checked sync is
+:class:`~lightning_ranger.optim.slow_copies.SlowCopies`' ``nonfinite`` then ``sync``: what the
+Lookahead callback and the :class:`~lightning_ranger.optim.Lookahead` optimizer wrapper both run.
 
 1. One checked sync against its memory bound. The check reads the fast weights (1 transfer per
    parameter); the sync reads the slow and the fast weights and writes both (4 transfers): 5
@@ -17,6 +19,9 @@ runs it) and ``first_nonfinite(fast)``, the check for NaN/inf that precedes it.
    inputs): the time of one checked sync over that of ``k`` training steps. (Timing ``k`` steps
    with a sync against ``k`` steps without cannot resolve 1% on a CPU, where repetitions of a
    training step spread by more than that.)
+4. The wrapper's steps side by side with the inner optimizer's: ``k`` steps of
+   ``Lookahead(RAdam(...), k)`` (one of them syncs) against ``k`` steps of the same ``RAdam``, and
+   one wrapper step that does not sync against one inner step (the wrapper's own bookkeeping).
 
 The variants and the in-place add are timed interleaved, each right after an (untimed) optimizer
 step, as the callback's sync runs, so that each finds the caches alike; every figure is a ratio of
@@ -35,8 +40,9 @@ import torchvision
 from _report import Run, argument_parser, markdown_table, ms, ratio_cell, verdict
 from _timing import InPlaceAdd, Timer, bandwidth, interleaved, memory_bound
 
-from lightning_ranger.optim import RAdam, first_nonfinite, lookahead_sync_
+from lightning_ranger.optim import Lookahead, RAdam, first_nonfinite, lookahead_sync_
 from lightning_ranger.optim.lookahead import sync_batch_, sync_batches
+from lightning_ranger.optim.slow_copies import SlowCopies
 
 TARGET_VS_BOUND = 1.3
 ALPHA = 0.5
@@ -71,19 +77,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         for slow_batch, fast_batch in batches:
             sync_batch_(slow_batch, fast_batch, ALPHA)
 
+    copies = SlowCopies(params)
+
     def checked_sync() -> None:
-        check()
-        sync_cut_once()
+        copies.nonfinite(device)
+        copies.sync(ALPHA)
 
     # 1 and 2: the check, the sync, both, the in-place add that sets the bound, a RAdam step.
     add = InPlaceAdd([p.shape for p in params], device)
-    checked = "checked sync (the check, then the sync cut once)"
+    checked = "checked sync (`SlowCopies`: the callback's and the wrapper's)"
     passes = {
         "check (`first_nonfinite`)": check,
         "sync (`lookahead_sync_`)": lambda: lookahead_sync_(slow, fast, ALPHA),
-        "sync cut once (`sync_batches` once, `sync_batch_` each time, as the callback)": (
-            sync_cut_once
-        ),
+        "sync cut once (`sync_batches` once, `sync_batch_` each time)": sync_cut_once,
         checked: checked_sync,
     }
     # Every pass, and the add that sets the bounds, runs right after an (untimed) optimizer step,
@@ -108,6 +114,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     model.train()
     steps = interleaved({"train": train_step, "sync": checked_sync}, args.train_reps, Timer(device))
 
+    # 4: the wrapper's steps against the inner optimizer's (the same parameters and gradients).
+    inner = RAdam(params, lr=1e-3)
+    wrapper = Lookahead(RAdam(params, lr=1e-3), k=args.k, alpha=ALPHA)
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    for _ in range(6):
+        inner.step()
+        wrapper.step()
+
+    def k_steps(optimizer: torch.optim.Optimizer) -> None:
+        for _ in range(args.k):
+            optimizer.step()
+
+    def past_the_sync() -> None:
+        """Untimed: step the wrapper over its syncing step, so that no timed single step syncs."""
+        if (wrapper.steps + 1) % args.k == 0:
+            wrapper.step()
+
+    wrapped = interleaved(
+        {"inner": lambda: k_steps(inner), "wrapper": lambda: k_steps(wrapper)},
+        args.reps,
+        Timer(device),
+    )
+    single = interleaved(
+        {"inner": inner.step, "wrapper": wrapper.step},
+        args.reps,
+        Timer(device, after=past_the_sync),
+    )
+
     rows = [
         [
             f"{name} vs its {transfers[name]}-transfer bound",
@@ -129,6 +164,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{args.batch_size}, 32x32)",
             f"{ms(steps['sync'].median)} / ({args.k} x {ms(steps['train'].median)})",
             ratio_cell(steps["sync"].ratio(steps["train"], per=args.k), percent=True),
+        ]
+    )
+    rows.append(
+        [
+            f"{args.k} steps of `Lookahead(RAdam)` (one syncs) vs {args.k} `RAdam` steps",
+            f"{ms(wrapped['wrapper'].median)} vs {ms(wrapped['inner'].median)}",
+            ratio_cell(wrapped["wrapper"].ratio(wrapped["inner"])),
+        ]
+    )
+    rows.append(
+        [
+            "one `Lookahead(RAdam)` step that does not sync vs one `RAdam` step",
+            f"{ms(single['wrapper'].median)} vs {ms(single['inner'].median)}",
+            ratio_cell(single["wrapper"].ratio(single["inner"])),
         ]
     )
     numel = sum(p.numel() for p in params)

