@@ -1,11 +1,13 @@
 """Ranger in a Lightning Fabric loop: scikit-learn's bundled 8x8 digits (no download), an MLP,
-evaluation on Lookahead's slow weights, TensorBoard logs through ``fabric.log_dict`` and a
-``fabric.save``/``fabric.load`` resume.
+evaluation on Lookahead's slow weights, the rectification statistics of a ``RectificationTracker``
+in TensorBoard through ``fabric.log_dict``, and a ``fabric.save``/``fabric.load`` resume.
 
-Each epoch trains on the fast weights, then validates inside ``optimizer.slow_weights()`` (the
-fast weights come back afterwards) and logs ``val/loss``, ``val/acc``, RAdam's ``rho_t`` and
-``r_t`` at the step reached (``lightning_ranger.rectification``) and Lookahead's step count and
-restores; then it saves ``last.ckpt``. ``--resume`` continues from that file, bit for bit: the
+Each step updates the tracker; each epoch trains on the fast weights, then validates inside
+``optimizer.slow_weights()`` (the fast weights come back afterwards) and logs ``val/loss``,
+``val/acc``, the tracker's ``rectification/...`` series (``rho_t``, ``r_t``, the variance of the
+adaptive lr over minibatch draws against ``1 / r_t^2``, its quantiles; the custom-scalars layout
+and the histograms too) and Lookahead's step count and restores; then it saves ``last.ckpt``,
+the tracker's probe history included. ``--resume`` continues from that file, bit for bit: the
 batches of each epoch are shuffled from a seed of their own.
 
 Run::
@@ -30,7 +32,8 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_ranger import Ranger, rectification
+from lightning_ranger import Ranger
+from lightning_ranger.optim import RectificationTracker
 
 BETA2, SEED = 0.999, 1234
 
@@ -66,11 +69,14 @@ def main(epochs: int, out: Path, resume: bool, devices: int, strategy: str, lr: 
     train, val = digits()
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     optimizer = Ranger(model.parameters(), lr=lr, betas=(0.9, BETA2), k=6, alpha=0.5)
+    tracker = RectificationTracker(optimizer, probe_size=256, probe_history=64)
     model, optimizer = fabric.setup(model, optimizer)
     val_loader = fabric.setup_dataloaders(DataLoader(val, batch_size=100))
-    state = {"model": model, "optimizer": optimizer, "epoch": 0}
+    state = {"model": model, "optimizer": optimizer, "tracker": tracker, "epoch": 0}
     if resume:
         fabric.load(out / "last.ckpt", state)
+    if fabric.is_global_zero:
+        tracker.write_layout(fabric.logger.experiment)
     for epoch in range(state["epoch"], epochs):
         generator = torch.Generator().manual_seed(SEED + epoch)
         loader = DataLoader(train, batch_size=64, shuffle=True, generator=generator)
@@ -78,20 +84,21 @@ def main(epochs: int, out: Path, resume: bool, devices: int, strategy: str, lr: 
             loss: Tensor = nn.functional.cross_entropy(model(x), y)
             fabric.backward(loss)
             optimizer.step()
+            tracker.update()
             optimizer.zero_grad()
         with optimizer.slow_weights():
             val_loss, val_acc = evaluate(model, val_loader)
-        rho_t, r_t = rectification(optimizer.steps, BETA2)
         metrics = {
             "train/loss": loss.item(),
             "val/loss": val_loss,
             "val/acc": val_acc,
-            "rectification/rho_t": rho_t,
-            "rectification/r_t": r_t,
             "lookahead/steps": optimizer.steps,
             "lookahead/restores": optimizer.restores,
+            **tracker.compute(),
         }
         fabric.log_dict(metrics, step=optimizer.steps)
+        if fabric.is_global_zero:
+            tracker.write_histograms(fabric.logger.experiment, step=optimizer.steps)
         fabric.print(f"epoch {epoch}: val loss {val_loss:.4f}, acc {val_acc:.3f} (slow weights)")
         state["epoch"] = epoch + 1
         fabric.save(out / "last.ckpt", state)

@@ -17,10 +17,11 @@ from helpers.launch import run_two_processes
 from helpers.models import TinyNet
 from helpers.references import tiny_lookahead_reference
 from lightning.fabric import Fabric
-from scripts.plain_loops import EPOCHS, VAL, K
+from scripts.plain_loops import EPOCHS, HISTORY, PROBE, VAL, K
 from torch import nn
 
-from lightning_ranger import Ranger
+from lightning_ranger import RAdam, Ranger
+from lightning_ranger.optim import Lookahead, RectificationTracker
 
 pytestmark = pytest.mark.distributed
 
@@ -116,3 +117,27 @@ def test_forwards_inside_and_after_slow_weights_compute_with_the_weights_shown(
             expected = nn.functional.mse_loss(net(x), y).item()
         assert record[key] == pytest.approx(expected, abs=1e-6)
     assert record["fast_loss_after"] == record["fast_loss"] != record["slow_loss"]
+
+
+@pytest.mark.parametrize("name", FSDP2)
+def test_the_tracker_reduces_over_shards_and_resumes_from_a_gathered_state(
+    records: dict[str, Any], name: str
+) -> None:
+    """Each rank probes the coordinates of its shards; the values are those of one process on the
+    full batches, and a resume from the gathered state mid-run gives the same values."""
+    net = TinyNet()
+    optimizer = Lookahead(RAdam(net.parameters(), lr=0.05), k=K)
+    tracker = RectificationTracker(optimizer, probe_size=PROBE, probe_history=HISTORY)
+    for _ in range(EPOCHS):
+        for x, y in batches_of(make_data(20), 4):
+            nn.functional.mse_loss(net(x), y).backward()
+            optimizer.step()
+            tracker.update()
+            optimizer.zero_grad()
+    expected = tracker.compute()
+    sharded, resumed = records[name]["tracker"], records[f"{name}_resumed"]["tracker"]
+    assert resumed == sharded
+    assert sharded.keys() == expected.keys()
+    assert sharded["rectification/rho_t"] == expected["rectification/rho_t"]
+    for metric, value in expected.items():
+        assert sharded[metric] == pytest.approx(value, rel=1e-4, abs=1e-9), metric

@@ -205,7 +205,7 @@ def test_probe_records_the_gradients_the_optimizer_used(tmp_path):
     beta2 = 0.999
     v = [torch.zeros_like(recorder.v[0]), *recorder.v]
     squares = torch.stack([(b - beta2 * a) / (1 - beta2) for a, b in itertools.pairwise(v)])
-    (probe,) = monitor._probes.values()
+    (probe,) = monitor.tracker.probes.values()
     assert probe.size == 83 and probe.history.recorded == 6
     pool = probe.history.pool.double()
     torch.testing.assert_close(pool.square(), squares, rtol=1e-6, atol=1e-12)
@@ -228,6 +228,6 @@ def test_probe_records_unscaled_gradients_under_16_mixed(tmp_path):
     recorder = Recorder()
     monitor = RectificationMonitor(logging_interval=4, probe_size=100)
     fit(tmp_path, Regressor(), monitor, 4, callbacks_first=[recorder], precision="16-mixed")
-    (probe,) = monitor._probes.values()
+    (probe,) = monitor.tracker.probes.values()
     norms = probe.history.pool.double().norm(dim=1)
     np.testing.assert_allclose(norms.numpy(), recorder.norms, rtol=1e-6)

@@ -1,6 +1,6 @@
 """RectificationMonitor with 2 CPU processes (gloo): DDP, FSDP2 and FSDP1 log the single-process
-values; and, on one process with a mocked FSDP1 strategy, a rank that holds none of a group's
-optimizer state still joins the reduce.
+values; and, on one process with a tracker that reduces as under FSDP1, a rank that holds none of
+a group's optimizer state still joins the reduce.
 
 The 2-process run is ``scripts/monitor_distributed.py`` under ``torchrun``, in a subprocess: both
 ``DDPStrategy`` and ``ModelParallelStrategy`` launch their processes by re-running the command
@@ -12,19 +12,18 @@ strategy of ``helpers/sharded.py``) in the same process group (one process start
 from __future__ import annotations
 
 import json
-from unittest.mock import Mock
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from helpers.launch import run_two_processes
 from helpers.monitor import PROBE, TWO_GROUPS, Reference, Regressor, events, scalars, trainer
-from lightning.pytorch.strategies import FSDPStrategy
-from torch.distributed.fsdp import ShardingStrategy
 
 from lightning_ranger import RAdam
-from lightning_ranger.callbacks._monitor_groups import MonitoredGroup
 from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
+from lightning_ranger.optim import RectificationTracker
 from lightning_ranger.optim import adaptive_lr as stats
 
 STEPS = list(range(1, 13))
@@ -96,23 +95,18 @@ def test_ddp_fsdp2_and_fsdp1_give_single_process_values(tmp_path):
                 np.testing.assert_array_equal(h.bucket_limit, e.bucket_limit)
 
 
-def test_a_rank_without_optimizer_state_still_joins_the_fsdp1_reduce():
+def test_a_rank_without_optimizer_state_still_joins_the_fsdp1_reduce(monkeypatch):
     """Under FSDP1 a rank may hold none of the optimizer state (its slices are all padding, or
     another rank holds all of an optimizer's parameters): it still sends its rows of zeros, or the
     other ranks would wait for it in the all-reduce forever."""
     params = [torch.nn.Parameter(torch.zeros(0)), torch.nn.Parameter(torch.zeros(0))]
     optimizer = RAdam([{"params": params[:1]}, {"params": params[1:]}])
-    strategy = Mock(spec=FSDPStrategy, world_size=2, root_device=torch.device("cpu"))
-    strategy.sharding_strategy = ShardingStrategy.FULL_SHARD
-    strategy.reduce.side_effect = lambda tensor, reduce_op: tensor
-    trainer = Mock(world_size=2, is_global_zero=False, strategy=strategy, loggers=[])
-    monitor = RectificationMonitor(logging_interval=1, log_histograms=False)
-    monitor._groups = [MonitoredGroup(optimizer, 1, i, f"/pg{i + 1}") for i in range(2)]
-    monitor._probes = {g: stats.Probe(g.options["params"], 8, 4, 2) for g in monitor._groups}
-    monitor._sharded = True
-    monitor._log(trainer, step=1)
-    reduced = [call.kwargs["reduce_op"] for call in strategy.reduce.call_args_list]
-    assert reduced == ["sum", "max"]
-    sums = strategy.reduce.call_args_list[0].args[0]
+    tracker = RectificationTracker(optimizer, probe_size=8, probe_history=4)
+    tracker.sharded = True  # as when FSDP1 shards the parameters over 2 ranks
+    reduced: list[tuple[torch.Tensor, Any]] = []
+    monkeypatch.setattr(tracker, "_all_reduce", lambda t, op: reduced.append((t.clone(), op)))
+    assert tracker.compute() == {}
+    assert [op for _, op in reduced] == [dist.ReduceOp.SUM, dist.ReduceOp.MAX]
+    sums = reduced[0][0]
     # Per group: the sums over the weights and histogram buckets, and an empty probe row.
     assert sums.shape == (2 * (stats.BUCKETS + len(stats.BUCKET_LIMITS)),) and not sums.any()

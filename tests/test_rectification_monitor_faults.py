@@ -47,7 +47,7 @@ def test_nonfinite_state_and_gradients_never_raise_and_are_counted(tmp_path):
         values = reference.values[step][(0, 0)]["sorted"]
         finite = values[np.isfinite(values) & (values > 0)]
         assert mean[step] == pytest.approx(finite.mean(), rel=1e-4)
-    (probe,) = monitor._probes.values()
+    (probe,) = monitor.tracker.probes.values()
     assert int((~probe.history.alive).sum()) == 1 + int(
         (probe.history.pool[:6] == 0).any(dim=0).sum()
     )

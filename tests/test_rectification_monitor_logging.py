@@ -99,13 +99,14 @@ def test_custom_scalars_layout(tmp_path):
 def test_duplicate_group_names_raise(tmp_path):
     groups = [{"name": "same"}, {"name": "same"}]
     run = trainer(tmp_path, 2, [RectificationMonitor()])
-    with pytest.raises(ValueError, match=r"several param groups logged as \['/same'\]"):
+    with pytest.raises(ValueError, match=r"several param groups named \['/same'\]"):
         run.fit(Regressor(groups=groups))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamax"])
 def test_unsupported_optimizer_says_so_once_and_logs_nothing(tmp_path, caplog, optimizer):
-    """SGD has no `betas` (known at start); Adamax has no `exp_avg_sq` (known at the 1st step)."""
+    """SGD has no `betas`; Adamax has no `exp_avg_sq` (told by a step of a copy of it): both known
+    when training starts."""
     with caplog.at_level(logging.INFO):
         run, accumulator, _ = fit(
             tmp_path, Regressor(optimizer=optimizer), RectificationMonitor(logging_interval=1), 6

@@ -9,7 +9,7 @@ shard-aware) over a module's parameters, addressed by name:
   Only parameters with ``requires_grad`` are tracked; buffers (BatchNorm statistics) are not.
 - *FSDP1 flat shards*: the slow copy of an FSDP1 parameter (a 1-D view of this rank's slice of the
   flat parameter) is a copy of that slice, and
-  :class:`~lightning_ranger.callbacks._flat_shards.FlatShardLayout` says where it lies in the full
+  :class:`~lightning_ranger.optim._flat_shards.FlatShardLayout` says where it lies in the full
   parameter, to gather full tensors for checkpoints and to take a rank's slice of one.
 """
 
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from lightning_ranger.callbacks._flat_shards import FlatShardLayout
+from lightning_ranger.optim._flat_shards import FlatShardLayout
 from lightning_ranger.optim.lookahead import local_tensor
 from lightning_ranger.optim.resharding import reshard
 from lightning_ranger.optim.slow_copies import SlowCopies

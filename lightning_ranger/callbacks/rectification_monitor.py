@@ -40,35 +40,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
-from torch import Tensor
-from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_ranger._namespaces import lightning_isinstance
 from lightning_ranger._validation import check_bool, check_int
-from lightning_ranger.callbacks._monitor_groups import (
-    MonitoredGroup,
-    build_probes,
-    held_states,
-    monitored_groups,
-    say_nothing_to_monitor,
-    without_adam_state,
-)
-from lightning_ranger.callbacks._monitor_naming import (
-    HISTOGRAM,
-    PREFIX,
-    custom_scalars_layout,
-    is_tensorboard,
-    quantile_metrics,
-    write_histogram,
-)
 from lightning_ranger.callbacks._strategies import flat_shard_device
-from lightning_ranger.optim import adaptive_lr as stats
-from lightning_ranger.optim.adaptive_lr import Probe
+from lightning_ranger.optim._rectification_naming import HISTOGRAM, PREFIX, quantile_metrics
+from lightning_ranger.optim._tracked_groups import untrackable
+from lightning_ranger.optim.lookahead_optimizer import Lookahead
+from lightning_ranger.optim.rectification_tracker import RectificationTracker
 
 __all__ = ["RectificationMonitor"]
 
@@ -115,7 +99,10 @@ class RectificationMonitor(Callback):
     ``ModelParallelStrategy`` (FSDP2, DTensor shards) and ``FSDPStrategy`` (FSDP1 flat shards)
     every rank records the probe coordinates it holds and computes its share; one all-reduce per
     logging event assembles them, so every series equals a single process's. Non-finite entries
-    of ``exp_avg_sq`` or of the probe's gradients never raise: they are left out and counted.
+    of ``exp_avg_sq`` or of the probe's gradients never raise: they are left out and counted. The
+    statistics are those of :class:`~lightning_ranger.optim.RectificationTracker`, which this
+    callback drives; the probe's gradient history is saved in checkpoints (gathered over the ranks
+    when sharded), so after a resume the series of the variance over draws go on where they were.
     In manual optimization, call ``zero_grad`` before ``backward`` (not after ``step``), or the
     probe finds no gradients.
 
@@ -167,15 +154,19 @@ class RectificationMonitor(Callback):
         self.probe_history = check_int(
             "probe_history", probe_history, minimum=2, meaning="optimizer steps of gradients kept"
         )
-        self._quantile_metrics = quantile_metrics(quantiles)
-        self.quantiles = tuple(self._quantile_metrics.values())
+        self.quantiles = tuple(quantile_metrics(quantiles).values())
         self._interval = 0
         self._last_step = 0
-        self._groups: list[MonitoredGroup] = []
-        self._probes: dict[MonitoredGroup, Probe] = {}
+        self._tracker: RectificationTracker | None = None
+        # The tracker state of the checkpoint being resumed, until training starts.
+        self._loaded: dict[str, Any] | None = None
         self._histograms = False
-        self._sharded = False
-        self._dtensors = False
+
+    @property
+    def tracker(self) -> RectificationTracker | None:
+        """The tracker of the param groups monitored in the current ``fit`` (``None`` before
+        training starts, without a logger, or with nothing to monitor)."""
+        return self._tracker
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -191,36 +182,37 @@ class RectificationMonitor(Callback):
         self._last_step = trainer.global_step
         # `log_every_n_steps` is set on the Trainer by its logger connector, unseen by mypy.
         self._interval = self.logging_interval or trainer.log_every_n_steps  # type: ignore[attr-defined]
-        self._groups = []
-        self._probes = {}
+        self._tracker = None
+        loaded, self._loaded = self._loaded, None
         if not trainer.loggers or self._interval <= 0:
             return
-        self._groups = monitored_groups(trainer.optimizers)
-        if not self._groups:
+        optimizers = _trackable(trainer.optimizers)
+        if not optimizers:
             return
-
-        params = [p for g in self._groups for p in g.options["params"]]
-        self._dtensors = any(isinstance(p, DTensor) for p in params)
-        flat_device = flat_shard_device(trainer.strategy)
-        self._sharded = (self._dtensors or flat_device is not None) and trainer.world_size > 1
-        self._probes = build_probes(
-            self._groups, self.probe_size, self.probe_history, trainer.world_size, flat_device
+        several = len(trainer.optimizers) > 1
+        self._tracker = RectificationTracker(
+            list(optimizers.values()),
+            self.probe_size,
+            self.probe_history,
+            self.quantiles,
+            flat_shard_device=flat_shard_device(trainer.strategy),
+            optimizer_prefixes=[f"/opt{j}" if several else "" for j in optimizers],
         )
+        if loaded:
+            self._tracker.load_state_dict(loaded)
 
-        tensorboards = [logger for logger in trainer.loggers if is_tensorboard(logger)]
+        tensorboards = [logger for logger in trainer.loggers if _is_tensorboard(logger)]
         self._histograms = self.log_histograms and bool(tensorboards)
         if self.log_histograms:
             for logger in trainer.loggers:
-                if not is_tensorboard(logger):
+                if not _is_tensorboard(logger):
                     rank_zero_info(
                         f"`RectificationMonitor`: {type(logger).__name__} takes no histograms;"
                         f" the `{PREFIX}/{HISTOGRAM}` histograms go to the TensorBoard loggers."
                     )
         if trainer.is_global_zero:
-            suffixes = [g.suffix for g in self._groups]
-            layout = custom_scalars_layout(suffixes, list(self._quantile_metrics))
             for logger in tensorboards:
-                logger.experiment.add_custom_scalars(layout)  # type: ignore[attr-defined]
+                self._tracker.write_layout(logger.experiment)  # type: ignore[attr-defined]
 
     @override
     def on_train_batch_end(
@@ -233,78 +225,54 @@ class RectificationMonitor(Callback):
     ) -> None:
         step, last = trainer.global_step, self._last_step
         self._last_step = step
-        if not self._groups or step == last:
+        tracker = self._tracker
+        if tracker is None or step == last:
             return
-        if self._sharded or trainer.is_global_zero:
-            self._record()
+        # Replicated state: rank 0 alone records and computes. Sharded: every rank does both, and
+        # the computation is a collective.
+        if not (tracker.sharded or trainer.is_global_zero):
+            return
+        tracker.update()
         if step // self._interval > last // self._interval:
-            self._log(trainer, step)
+            self._log(trainer, tracker, step)
 
-    def _record(self) -> None:
-        """Keep the probe's gradients of every group that took an optimizer step."""
-        for group, probe in self._probes.items():
-            step = group.latest_step()
-            # A rank that holds none of the group's state (FSDP1) counts the steps with the others.
-            probe.record(probe.last_step + 1.0 if step is None else step)
-
-    def _stop_monitoring(self, optimizers: dict[int, Optimizer]) -> None:
-        """Say once that the ``optimizers`` (by index) have nothing to monitor, and forget them."""
-        for index, optimizer in optimizers.items():
-            say_nothing_to_monitor(optimizer, index)
-        self._groups = [g for g in self._groups if g.optimizer_index not in optimizers]
-        self._probes = {g: p for g, p in self._probes.items() if g in self._groups}
-
-    def _log(self, trainer: Trainer, step: int) -> None:
-        held = held_states(self._groups)
-        unsupported = without_adam_state(held)
-        if unsupported:
-            self._stop_monitoring(unsupported)
-            held = {g: s for g, s in held.items() if g.optimizer_index not in unsupported}
-        # Replicated state: rank 0 alone computes. Sharded: every rank takes part in the reduce,
-        # with the rows of every group (zeros where it holds none of a group's state, or none).
-        if not (self._sharded or (trainer.is_global_zero and held)):
+    def _log(self, trainer: Trainer, tracker: RectificationTracker, step: int) -> None:
+        metrics = tracker.compute()
+        if not trainer.is_global_zero or not metrics:
             return
-        groups = self._groups if self._sharded else list(held)
-        group_sums, maxima = self._reduced_shares(trainer, groups, held)
-        if not trainer.is_global_zero:
-            return
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            if self._histograms and _is_tensorboard(logger):
+                tracker.write_histograms(logger.experiment, step)  # type: ignore[attr-defined]
 
-        metrics: dict[str, float] = {}
-        for group, sums, largest in zip(groups, group_sums, maxima.tolist(), strict=True):
-            statistics = stats.group_statistics(
-                sums, largest, group.beta2, group.threshold, self._quantile_metrics
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # Under sharded state a collective: Lightning asks every rank for callback states.
+        return {} if self._tracker is None else {"tracker": self._tracker.state_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict.get("tracker")  # absent in checkpoints of older versions
+
+
+def _trackable(optimizers: Sequence[Optimizer]) -> dict[int, Optimizer]:
+    """The optimizers (by position, from 1) that have something to track; says once, from rank
+    0, what each other one lacks."""
+    found = {}
+    for j, optimizer in enumerate(optimizers, start=1):
+        inner = optimizer.optimizer if isinstance(optimizer, Lookahead) else optimizer
+        reason = untrackable(inner)
+        if reason is None:
+            found[j] = optimizer
+        else:
+            rank_zero_info(
+                f"`RectificationMonitor`: nothing to monitor for optimizer {j}"
+                f" ({type(optimizer).__name__}): {reason}."
             )
-            if statistics is None:  # no rank holds optimizer state of the group yet
-                continue
-            metrics.update({group.tag(name): v for name, v in statistics.values.items()})
-            if self._histograms and statistics.histogram is not None:
-                for logger in trainer.loggers:
-                    if is_tensorboard(logger):
-                        write_histogram(logger, group.tag(HISTOGRAM), statistics.histogram, step)
-        if metrics:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
+    return found
 
-    def _reduced_shares(
-        self,
-        trainer: Trainer,
-        groups: list[MonitoredGroup],
-        held: dict[MonitoredGroup, list[dict[str, Any]]],
-    ) -> tuple[list[Tensor], Tensor]:
-        """Every group's :attr:`~lightning_ranger.optim.adaptive_lr.GroupShare.sums` summed over
-        ranks, and their ``maxima`` (one row per group) reduced by maximum: one all-reduce each,
-        when the state is sharded."""
-        device = trainer.strategy.root_device
-        # DTensor shards and states replicated on every rank count `shards / world_size` on each;
-        # whole states read by rank 0 alone, and FSDP1's disjoint slices, count once.
-        world_size = trainer.world_size if self._dtensors else 1
-        shares = [
-            stats.group_share(held.get(g, []), self._probes[g], g.beta2, g.eps, world_size, device)
-            for g in groups
-        ]
-        sums = torch.cat([share.sums for share in shares])
-        maxima = torch.stack([share.maxima for share in shares])
-        if self._sharded:
-            sums = trainer.strategy.reduce(sums, reduce_op="sum")
-            maxima = trainer.strategy.reduce(maxima, reduce_op="max")
-        return list(sums.split([len(share.sums) for share in shares])), maxima
+
+def _is_tensorboard(logger: object) -> bool:
+    """Whether ``logger`` is a ``TensorBoardLogger`` of ``lightning.pytorch`` or
+    ``pytorch_lightning``."""
+    return lightning_isinstance(logger, "loggers.TensorBoardLogger")

@@ -15,6 +15,7 @@ from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from lightning_ranger._validation import check_choice, check_int, check_real
+from lightning_ranger.optim._state_keys import state_keys
 from lightning_ranger.optim.lookahead import local_tensor
 from lightning_ranger.optim.slow_copies import SlowCopies
 
@@ -383,7 +384,7 @@ class Lookahead(Optimizer):
         return copies
 
     def _check_state_keys(self, state: dict[Any, dict[str, Any]]) -> None:
-        expected = self._state_keys()
+        expected = state_keys(self.optimizer, ignore=(SLOW_KEY,))
         if expected is None:
             return
         for entry in state.values():
@@ -393,22 +394,3 @@ class Lookahead(Optimizer):
                     f"{type(self.optimizer).__name__} keeps {sorted(expected)}: it was saved by "
                     "another kind of optimizer"
                 )
-
-    def _state_keys(self) -> set[str] | None:
-        """The per-parameter state keys that the inner optimizer keeps: those of its state, or of
-        one step of a copy of it on a one-element parameter; ``None`` if that cannot be told."""
-        for entry in self.optimizer.state.values():
-            if entry:
-                return set(entry) - {SLOW_KEY}
-        params = self._params()
-        if not params:
-            return None
-        like = local_tensor(params[0])
-        probe = torch.zeros(1, dtype=like.dtype, device=like.device, requires_grad=True)
-        probe.grad = torch.zeros_like(probe)
-        try:
-            other = type(self.optimizer)([probe], **self.optimizer.defaults)
-            other.step()
-        except Exception:  # an optimizer that cannot be built from its defaults
-            return None
-        return set(other.state[probe]) or None

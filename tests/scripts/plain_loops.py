@@ -7,9 +7,10 @@
   after step 6 (2 steps into the second cycle), then a second run that ``fabric.load``-s it and
   trains to the end.
 - ``fsdp2``: torch's ``fully_shard`` (each linear layer its own unit beside the root, and the root
-  alone) with ``Lookahead(RAdam)``; a distributed checkpoint of the model and optimizer
-  (``get_optimizer_state_dict``) after step 6, and a fresh model and optimizer that load it and
-  train to the end; forwards inside and after ``slow_weights(model)``.
+  alone) with ``Lookahead(RAdam)`` and a ``RectificationTracker``; a distributed checkpoint of the
+  model and optimizer (``get_optimizer_state_dict``) and the tracker's gathered state after step
+  6, and a fresh model, optimizer and tracker that load them and train to the end; forwards inside
+  and after ``slow_weights(model)``.
 
 Rank 0 saves what the test compares to ``OUT/<part>.pt``.
 
@@ -41,10 +42,12 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, init_device_mesh
 
 from lightning_ranger import RAdam, Ranger
-from lightning_ranger.optim import Lookahead
+from lightning_ranger.optim import Lookahead, RectificationTracker
 from lightning_ranger.optim.lookahead_optimizer import SLOW_KEY
 
 K, EPOCHS, SAVE_AT = 4, 3, 6
+#: The tracker's probe: every coordinate of the 58 parameters' elements is not needed.
+PROBE, HISTORY = 32, 8
 #: The validation batch that the evaluation forwards run on (each rank half of it).
 VAL = make_data(8, seed=99)
 
@@ -116,6 +119,7 @@ def fsdp2_model(root_only: bool) -> nn.Module:
 def fsdp2_run(out: Path, root_only: bool, resume: bool) -> dict[str, Any]:
     model = fsdp2_model(root_only)
     optimizer = Lookahead(RAdam(model.parameters(), lr=0.05), k=K)
+    tracker = RectificationTracker(optimizer, probe_size=PROBE, probe_history=HISTORY)
     checkpoint = out / f"fsdp2_{'root' if root_only else 'layers'}"
     start = 0
     if resume:
@@ -126,6 +130,7 @@ def fsdp2_run(out: Path, root_only: bool, resume: bool) -> dict[str, Any]:
         dcp.load(state, checkpoint_id=checkpoint)
         set_model_state_dict(model, state["model"])
         set_optimizer_state_dict(model, optimizer, state["optim"])
+        tracker.load_state_dict(torch.load(checkpoint / "tracker.pt", weights_only=True))
         start = optimizer.steps
     step = 0
     for _ in range(EPOCHS):
@@ -135,6 +140,7 @@ def fsdp2_run(out: Path, root_only: bool, resume: bool) -> dict[str, Any]:
                 continue
             nn.functional.mse_loss(model(x), y).backward()
             optimizer.step()
+            tracker.update()
             optimizer.zero_grad()
             if step == SAVE_AT and not resume:
                 state = {
@@ -142,7 +148,11 @@ def fsdp2_run(out: Path, root_only: bool, resume: bool) -> dict[str, Any]:
                     "optim": get_optimizer_state_dict(model, optimizer),
                 }
                 dcp.save(state, checkpoint_id=checkpoint)
-    record: dict[str, Any] = {"steps": optimizer.steps}
+                tracker_state = tracker.state_dict()  # gathered over the ranks: a collective
+                if dist.get_rank() == 0:
+                    torch.save(tracker_state, checkpoint / "tracker.pt")
+                dist.barrier()
+    record: dict[str, Any] = {"steps": optimizer.steps, "tracker": tracker.compute()}
     try:  # DTensor parameters: the swap needs the module, to reshard it
         with optimizer.slow_weights():
             pass

@@ -1,5 +1,5 @@
-"""Which param groups :class:`~lightning_ranger.callbacks.RectificationMonitor` watches, what it
-reads of their optimizer state, and their probes as this rank holds them."""
+"""Which param groups the rectification statistics watch, what they read of the optimizer state,
+and their probes as this rank holds them. Plain PyTorch."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.optim import Optimizer
 
-from lightning_ranger.callbacks._flat_shards import FlatShardLayout
-from lightning_ranger.callbacks._monitor_naming import group_suffixes, tag
+from lightning_ranger.optim._flat_shards import FlatShardLayout
+from lightning_ranger.optim._rectification_naming import group_suffixes, tag
+from lightning_ranger.optim._state_keys import state_keys
 from lightning_ranger.optim.adaptive_lr import Probe
 from lightning_ranger.optim.rectification import DEFAULT_RECTIFY_THRESHOLD
 
 __all__ = [
-    "MonitoredGroup",
+    "TrackedGroup",
     "build_probes",
     "held_states",
-    "monitored_groups",
-    "say_nothing_to_monitor",
+    "tracked_groups",
+    "untrackable",
     "without_adam_state",
 ]
 
@@ -29,9 +29,9 @@ State = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class MonitoredGroup:
-    """One monitored param group: ``optimizer.param_groups[index]``, of the optimizer at
-    ``optimizer_index`` (from 1) in ``trainer.optimizers``, logged with ``suffix``."""
+class TrackedGroup:
+    """One tracked param group: ``optimizer.param_groups[index]``, of the optimizer at
+    ``optimizer_index`` (from 1) among those tracked, named with ``suffix``."""
 
     optimizer: Optimizer
     optimizer_index: int
@@ -70,42 +70,49 @@ class MonitoredGroup:
         return max(steps) if steps else None
 
 
-def say_nothing_to_monitor(optimizer: Optimizer, index: int) -> None:
-    """Say, from rank 0, that the optimizer at ``index`` (from 1) has nothing to monitor, and what
-    it would need."""
-    rank_zero_info(
-        f"`RectificationMonitor`: nothing to monitor for optimizer {index}"
-        f" ({type(optimizer).__name__}): it needs param groups with `betas` and `eps` and a state"
-        " with `step` and `exp_avg_sq`, as Adam, AdamW, RAdam and NAdam have."
+def untrackable(optimizer: Optimizer) -> str | None:
+    """Why ``optimizer`` has nothing to track, ``None`` if it has: the statistics need param
+    groups with ``betas`` and ``eps`` and a state with ``step`` and ``exp_avg_sq``, as Adam, AdamW,
+    RAdam and NAdam have (Adamax, for one, has ``betas`` and ``eps`` but another state)."""
+    needs = (
+        "it needs param groups with `betas` and `eps` and a state with `step` and `exp_avg_sq`, "
+        "as Adam, AdamW, RAdam and NAdam have"
     )
+    if not all("betas" in g and "eps" in g for g in optimizer.param_groups):
+        return needs
+    keys = state_keys(optimizer)
+    if keys is not None and not {"step", "exp_avg_sq"} <= keys:
+        return f"{needs}, not {sorted(keys)}"
+    return None
 
 
-def monitored_groups(optimizers: Sequence[Optimizer]) -> list[MonitoredGroup]:
-    """Every param group of the ``optimizers`` whose groups all have ``betas`` and ``eps``; says
-    once for each other optimizer that there is nothing to monitor.
+def tracked_groups(
+    optimizers: Sequence[Optimizer], prefixes: Sequence[str] | None = None
+) -> list[TrackedGroup]:
+    """Every param group of the ``optimizers``, named as ``LearningRateMonitor`` names them,
+    after each optimizer's prefix (default: ``/opt{j}``, ``j`` from 1, when there are several).
 
     Raises:
-        ValueError: if two param groups of an optimizer would be logged under the same name.
+        ValueError: if two param groups of an optimizer would be named the same.
 
     """
+    if prefixes is None:
+        several = len(optimizers) > 1
+        prefixes = [f"/opt{j}" if several else "" for j in range(1, len(optimizers) + 1)]
     groups = []
-    several = len(optimizers) > 1
-    for j, optimizer in enumerate(optimizers, start=1):
-        if not all("betas" in g and "eps" in g for g in optimizer.param_groups):
-            say_nothing_to_monitor(optimizer, j)
-            continue
-        suffixes = group_suffixes(optimizer, f"/opt{j}" if several else "")
-        groups += [MonitoredGroup(optimizer, j, i, s) for i, s in enumerate(suffixes)]
+    for j, (optimizer, prefix) in enumerate(zip(optimizers, prefixes, strict=True), start=1):
+        suffixes = group_suffixes(optimizer, prefix)
+        groups += [TrackedGroup(optimizer, j, i, s) for i, s in enumerate(suffixes)]
     return groups
 
 
-def held_states(groups: Iterable[MonitoredGroup]) -> dict[MonitoredGroup, list[State]]:
+def held_states(groups: Iterable[TrackedGroup]) -> dict[TrackedGroup, list[State]]:
     """The groups for which this rank holds optimizer state, with it."""
     found = {group: group.states() for group in groups}
     return {group: states for group, states in found.items() if states}
 
 
-def without_adam_state(found: Mapping[MonitoredGroup, list[State]]) -> dict[int, Optimizer]:
+def without_adam_state(found: Mapping[TrackedGroup, list[State]]) -> dict[int, Optimizer]:
     """By index, the optimizers of ``found`` whose state lacks ``step`` or ``exp_avg_sq`` (Adamax,
     for example, which has ``betas`` and ``eps`` but another state)."""
     return {
@@ -116,12 +123,12 @@ def without_adam_state(found: Mapping[MonitoredGroup, list[State]]) -> dict[int,
 
 
 def build_probes(
-    groups: Iterable[MonitoredGroup],
+    groups: Iterable[TrackedGroup],
     size: int,
     capacity: int,
     world_size: int,
     flat_device: torch.device | None,
-) -> dict[MonitoredGroup, Probe]:
+) -> dict[TrackedGroup, Probe]:
     """The probe of every group, as this rank holds it; ``flat_device`` is where to gather the
     sizes of FSDP1's flat shards, ``None`` for whole or DTensor parameters."""
     probes = {}

@@ -1,6 +1,7 @@
-"""How :class:`~lightning_ranger.callbacks.RectificationMonitor` names and lays out what it logs:
-metric names, the names of the quantiles, the TensorBoard custom-scalars layout and the
-histograms."""
+"""How the rectification statistics are named and laid out, for
+:class:`~lightning_ranger.optim.rectification_tracker.RectificationTracker` and the
+:class:`~lightning_ranger.callbacks.RectificationMonitor` alike: metric names, the names of the
+quantiles, the TensorBoard custom-scalars layout and the histograms. Plain PyTorch."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 
 from torch.optim import Optimizer
 
-from lightning_ranger._namespaces import lightning_isinstance
 from lightning_ranger._validation import check_real
 from lightning_ranger.optim.adaptive_lr import BUCKET_LIMITS, WeightHistogram
 
@@ -19,16 +19,12 @@ __all__ = [
     "PREFIX",
     "custom_scalars_layout",
     "group_suffixes",
-    "is_tensorboard",
     "quantile_metrics",
     "tag",
     "write_histogram",
 ]
 
 PREFIX = "rectification"
-
-#: The logger class that takes histograms and the custom-scalars layout (either namespace).
-_TENSORBOARD = "loggers.TensorBoardLogger"
 
 #: The metric of the histogram of ``l_t``.
 HISTOGRAM = "adaptive_lr"
@@ -87,8 +83,8 @@ def group_suffixes(optimizer: Optimizer, prefix: str) -> list[str]:
     duplicates = sorted({s for s in suffixes if suffixes.count(s) > 1})
     if duplicates:
         raise ValueError(
-            f"`RectificationMonitor`: {type(optimizer).__name__} has several param groups logged"
-            f" as {duplicates}; give its param groups distinct `name`s"
+            f"{type(optimizer).__name__} has several param groups named {duplicates} in the"
+            " rectification statistics; give its param groups distinct `name`s"
         )
     return suffixes
 
@@ -122,12 +118,13 @@ def custom_scalars_layout(
     return {PREFIX: charts}
 
 
-def write_histogram(logger: Any, name: str, histogram: WeightHistogram, step: int) -> None:
-    """Write ``histogram`` to a TensorBoard ``logger`` as ``name`` at ``step``."""
+def write_histogram(writer: Any, name: str, histogram: WeightHistogram, step: int) -> None:
+    """Write ``histogram`` to a ``torch.utils.tensorboard.SummaryWriter`` as ``name`` at
+    ``step``."""
     filled = [i for i, c in enumerate(histogram.counts) if c > 0]
     # TensorBoard reads right edges only: keep one empty bucket on the left as the lower edge.
     first, last = max(filled[0] - 1, 0), filled[-1] + 1
-    logger.experiment.add_histogram_raw(
+    writer.add_histogram_raw(
         name,
         min=histogram.low,
         max=histogram.high,
@@ -138,9 +135,3 @@ def write_histogram(logger: Any, name: str, histogram: WeightHistogram, step: in
         bucket_counts=list(histogram.counts[first:last]),
         global_step=step,
     )
-
-
-def is_tensorboard(logger: object) -> bool:
-    """Whether ``logger`` is a ``TensorBoardLogger`` of ``lightning.pytorch`` or
-    ``pytorch_lightning``."""
-    return lightning_isinstance(logger, _TENSORBOARD)
