@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ranger import RAdam
 from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
+from lightning_ranger.optim import RectificationTracker
 
 TARGET_OVERHEAD = 0.01  # of wall time at the default interval
 
@@ -101,13 +102,14 @@ class TimedMonitor(RectificationMonitor):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        for probe in self._probes.values():
+        assert self.tracker is not None
+        for probe in self.tracker.probes.values():
             probe.history.values.normal_()
             probe.history.recorded = self.probe_history
 
-    def _log(self, trainer: Trainer, step: int) -> None:
+    def _log(self, trainer: Trainer, tracker: RectificationTracker, step: int) -> None:
         self._logged = True  # the monitor's own decision that this batch is a logging event
-        super()._log(trainer, step)
+        super()._log(trainer, tracker, step)
 
     def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
         self._logged = False
@@ -190,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # First, so that it also warms the process up (allocator, lazy initializations).
         every_step = TimedMonitor(logging_interval=1)
         runs.train(args.event_steps, 0, every_step)
-        probes = every_step._probes.values()
+        assert every_step.tracker is not None
+        probes = every_step.tracker.probes.values()
         probe_bytes = sum(p.history.nbytes() + p.positions.nbytes for p in probes)
         probe_coordinates = sum(p.size for p in probes)
         variants = {name: runs.timed(name) for name in ("without", "with")}
