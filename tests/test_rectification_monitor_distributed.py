@@ -12,6 +12,7 @@ strategy of ``helpers/sharded.py``) in the same process group (one process start
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,11 +44,17 @@ SHARDED = [
 ]
 
 
-@pytest.mark.distributed
-def test_ddp_fsdp2_and_fsdp1_give_single_process_values(tmp_path):
-    run_two_processes("monitor_distributed", str(tmp_path), timeout=300)
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("monitor_distributed")
+    run_two_processes("monitor_distributed", str(out), timeout=600)
+    return out
 
-    facts = json.loads((tmp_path / "facts.json").read_text())
+
+@pytest.mark.distributed
+def test_ddp_fsdp2_and_fsdp1_give_single_process_values(out, tmp_path):
+
+    facts = json.loads((out / "facts.json").read_text())
     assert [f["world_size"] for f in facts["ddp"]] == [2, 2]
     assert [f["global_step"] for name in facts for f in facts[name]] == [12] * 6
     # DDP replicates the state (83 elements on each rank); FSDP2 splits it into DTensor shards.
@@ -73,7 +80,7 @@ def test_ddp_fsdp2_and_fsdp1_give_single_process_values(tmp_path):
         for step in STEPS:
             assert mean[step] == pytest.approx(reference.values[step][(0, i - 1)]["mean"], rel=1e-4)
         for name in ("ddp", "fsdp2", "fsdp1"):
-            got = events(tmp_path / name)
+            got = events(out / name)
             assert set(got.Tags()["scalars"]) == set(expected.Tags()["scalars"])
             for metric in EXACT:
                 tag = f"rectification/{metric}/pg{i}"
@@ -93,6 +100,20 @@ def test_ddp_fsdp2_and_fsdp1_give_single_process_values(tmp_path):
                     assert getattr(h, field) == pytest.approx(getattr(e, field), rel=1e-4)
                 np.testing.assert_array_equal(h.bucket, e.bucket)
                 np.testing.assert_array_equal(h.bucket_limit, e.bucket_limit)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", ["fsdp2", "fsdp1"])
+def test_a_sharded_resume_continues_the_draw_series(out, name):
+    """Each rank probes other coordinates; the checkpoint holds their history gathered over the
+    ranks, and each rank takes its own back: resumed after step 12, the run logs what the
+    uninterrupted one logs, the variance over draws from the first step on."""
+    long, resumed = events(out / f"{name}_long"), events(out / f"{name}_resumed")
+    for i in (1, 2):
+        tag = f"rectification/adaptive_lr_var_ratio/pg{i}"
+        after = scalars(resumed, tag)
+        assert sorted(after) == list(range(13, 25))
+        assert after == {step: scalars(long, tag)[step] for step in after}
 
 
 def test_a_rank_without_optimizer_state_still_joins_the_fsdp1_reduce(monkeypatch):

@@ -142,13 +142,13 @@ def trainer(root: Path, max_steps: int, callbacks: list[Callback], **kwargs: Any
     kwargs.setdefault("accelerator", "cpu")
     kwargs.setdefault("devices", 1)
     kwargs.setdefault("log_every_n_steps", 1)
+    kwargs.setdefault("enable_checkpointing", False)
     return Trainer(
         default_root_dir=root,
         max_steps=max_steps,
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
-        enable_checkpointing=False,
         **kwargs,
     )
 

@@ -2,7 +2,9 @@
 ``tests/test_rectification_monitor_distributed.py`` through
 :func:`helpers.launch.run_two_processes`: the same regressor trained with DDP, FSDP2
 (``ModelParallelStrategy``) and FSDP1 (the CPU ``FSDPStrategy``) in one process group, logging
-under ``argv[1]``."""
+under ``argv[1]``; under FSDP2 and FSDP1 also 2 epochs of 12 steps uninterrupted (``<name>_long``,
+checkpointing each epoch) and resumed from its checkpoint after step 12
+(``<name>_resumed``)."""
 
 from __future__ import annotations
 
@@ -15,21 +17,24 @@ import torch
 from helpers.launch import leave_process_group
 from helpers.monitor import PROBE, TWO_GROUPS, Regressor, trainer
 from helpers.sharded import CPUFSDPStrategy
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 
 from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
 
 
+def _strategy(name: str) -> Any:
+    if name == "fsdp2":
+        return ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    return CPUFSDPStrategy() if name == "fsdp1" else DDPStrategy()
+
+
 def main(out: Path) -> None:
     """Train with DDP, FSDP2, then FSDP1 in the 2 processes torchrun started; logs under ``out``."""
-    strategies = {
-        "ddp": DDPStrategy(),
-        "fsdp2": ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
-        "fsdp1": CPUFSDPStrategy(),
-    }
     facts: dict[str, Any] = {}
-    for name, strategy in strategies.items():
+    for name in ("ddp", "fsdp2", "fsdp1"):
+        strategy = _strategy(name)
         model = Regressor(groups=TWO_GROUPS, batch_size=4)
         fit = trainer(
             out / name,
@@ -58,6 +63,26 @@ def main(out: Path) -> None:
         all_facts: list[Any] = [None] * fit.world_size
         torch.distributed.all_gather_object(all_facts, facts[name])
         facts[name] = all_facts
+        if name != "ddp":  # sharded probes: resume mid-run from the gathered tracker state
+            for run, ckpt_path in (
+                ("long", None),
+                ("resumed", out / name / "epoch=0-step=12.ckpt"),
+            ):
+                checkpoint = ModelCheckpoint(dirpath=out / name, save_top_k=-1, every_n_epochs=1)
+                again = trainer(  # max_epochs: Lightning resumes exactly from epoch ends then
+                    out / f"{name}_{run}",
+                    max_steps=-1,
+                    max_epochs=2,
+                    callbacks=[
+                        RectificationMonitor(logging_interval=1, probe_size=PROBE),
+                        checkpoint,
+                    ],
+                    devices=2,
+                    strategy=_strategy(name),
+                    use_distributed_sampler=False,
+                    enable_checkpointing=True,
+                )
+                again.fit(Regressor(groups=TWO_GROUPS, batch_size=4), ckpt_path=ckpt_path)
     if torch.distributed.get_rank() == 0:
         (out / "facts.json").write_text(json.dumps(facts))
 
