@@ -180,20 +180,27 @@ def _step_fn(net: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[int]
     return step
 
 
+def _train_saving_after(
+    net: nn.Module, optimizer: torch.optim.Optimizer, saved_at: int, steps: int = 15
+) -> dict[str, Any]:
+    """Train ``steps`` steps; the model's and the optimizer's state dicts after ``saved_at`` of
+    them, through ``torch.save`` and ``torch.load(weights_only=True)``."""
+    step = _step_fn(net, optimizer)
+    buffer = io.BytesIO()
+    for i in range(steps):
+        step(i)
+        if i + 1 == saved_at:
+            torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("optimizer", ["radam", "adam"])
 def test_a_saved_state_resumes_bit_for_bit_mid_cycle(optimizer: str, dtype: torch.dtype) -> None:
     net = TinyNet().to(dtype)
     wrapper = Lookahead(make_optimizer(optimizer, net.parameters(), 0.05), k=4, alpha=0.5)
-    step = _step_fn(net, wrapper)
-    for i in range(6):  # 2 steps into the second cycle
-        step(i)
-    buffer = io.BytesIO()
-    torch.save({"model": net.state_dict(), "optimizer": wrapper.state_dict()}, buffer)
-    for i in range(6, 15):
-        step(i)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    saved = _train_saving_after(net, wrapper, 6)  # 2 steps into the second cycle
     assert all(s[SLOW_KEY].dtype == torch.float32 for s in saved["optimizer"]["state"].values())
     resumed_net = TinyNet(seed=3).to(dtype)
     resumed_net.load_state_dict(saved["model"])
@@ -293,15 +300,8 @@ def test_a_timm_state_dict_continues_as_timm_would() -> None:
 
     net = TinyNet()
     timm = TimmLookahead(torch.optim.Adam(net.parameters(), lr=0.05), alpha=0.5, k=4)
-    step = _step_fn(net, timm)
-    for i in range(6):  # timm's first sync at step 4 (its slow weights start there), then 2 more
-        step(i)
-    buffer = io.BytesIO()
-    torch.save({"model": net.state_dict(), "optimizer": timm.state_dict()}, buffer)
-    for i in range(6, 15):
-        step(i)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    # timm's first sync at step 4 (its slow weights start there), then 2 more steps
+    saved = _train_saving_after(net, timm, 6)
     resumed_net = TinyNet(seed=3)
     resumed_net.load_state_dict(saved["model"])
     ours = Lookahead(torch.optim.Adam(resumed_net.parameters(), lr=0.05), k=4, alpha=0.5)
