@@ -115,6 +115,8 @@ class Lookahead(Optimizer):
             raise TypeError(
                 f"`optimizer` must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
+        # `Optimizer.__init__` is not called: `param_groups`, `state` and `defaults` are the inner
+        # optimizer's (properties below), and its step hooks run in the inner `step()`.
         self.optimizer = optimizer
         self.k = check_int("k", k)
         self.alpha = check_real("alpha", alpha, 0.0, 1.0, low_open=True)
@@ -269,8 +271,8 @@ class Lookahead(Optimizer):
 
     def keep_slow_weights(self, module: nn.Module | None = None) -> None:
         """Leave the slow weights in the parameters for good, the paper's output, as at the end
-        of training; the fast weights are dropped, and the next step starts a new cycle from the
-        slow weights.
+        of training; the fast weights are dropped (a later step goes on from the slow weights, in
+        the same k-cycle).
 
         Args:
             module: as for :meth:`slow_weights`.
