@@ -8,25 +8,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from lightning_ranger._validation import check_choice, check_int, check_real
-from lightning_ranger.optim._state_keys import state_keys
+from lightning_ranger.optim._lookahead_state import (
+    SLOW_KEY,
+    STEP_KEY,
+    copies_from,
+    split_state_dict,
+    with_slow_weights,
+)
 from lightning_ranger.optim.lookahead import local_tensor
 from lightning_ranger.optim.slow_copies import SlowCopies
 
 __all__ = ["SLOW_KEY", "STEP_KEY", "Lookahead"]
-
-#: The per-parameter state entry of the slow weights (timm's name: state dicts load both ways).
-SLOW_KEY = "lookahead_slow_buff"
-#: The param-group key that counts the steps taken (timm's name); a sync follows every ``k``-th.
-STEP_KEY = "lookahead_step"
-#: The param-group keys of timm's ``Lookahead`` that this wrapper keeps as attributes instead.
-_TIMM_KEYS = {"lookahead_k": "k", "lookahead_alpha": "alpha"}
 
 
 class Lookahead(Optimizer):
@@ -332,12 +330,7 @@ class Lookahead(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict, with the slow weights under ``"lookahead_slow_buff"``
         in each parameter's state and the steps taken under ``"lookahead_step"`` in each group."""
-        state_dict = self.optimizer.state_dict()
-        if self._copies is not None:
-            index = {id(p): i for i, p in enumerate(self._params())}
-            for param, slow in zip(self._copies.params, self._copies.slow, strict=True):
-                state_dict["state"].setdefault(index[id(param)], {})[SLOW_KEY] = slow
-        return state_dict
+        return with_slow_weights(self.optimizer.state_dict(), self._params(), self._copies)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict of :meth:`state_dict` (or of timm's ``Lookahead``, after its first
@@ -352,47 +345,8 @@ class Lookahead(Optimizer):
                 differ from this wrapper's ``k`` and ``alpha``.
 
         """
-        state = {i: dict(s) for i, s in state_dict["state"].items()}
-        slow = {i: s.pop(SLOW_KEY) for i, s in state.items() if SLOW_KEY in s}
-        groups = [dict(g) for g in state_dict["param_groups"]]
-        for group in groups:
-            for key, attribute in _TIMM_KEYS.items():
-                saved = group.pop(key, getattr(self, attribute))
-                if saved != getattr(self, attribute):
-                    raise ValueError(
-                        f"The state dict was saved with `{key}={saved}`; this Lookahead has "
-                        f"`{attribute}={getattr(self, attribute)}`"
-                    )
-        self._check_state_keys(state)
-        nonempty = {i: s for i, s in state.items() if s}
-        self.optimizer.load_state_dict({**state_dict, "state": nonempty, "param_groups": groups})
+        inner, slow = split_state_dict(state_dict, self.optimizer, self.k, self.alpha)
+        self.optimizer.load_state_dict(inner)
         for group in self.param_groups:
             group.setdefault(STEP_KEY, 0)
-        # The saved groups list the state's keys (indices, or names from torch's distributed
-        # checkpoint helpers) in the order of the parameters.
-        order = {key: i for i, key in enumerate(k for g in groups for k in g["params"])}
-        self._copies = self._loaded_copies({order[key]: t for key, t in slow.items()})
-
-    @torch.no_grad()
-    def _loaded_copies(self, slow: dict[int, Tensor]) -> SlowCopies | None:
-        """Slow copies of the parameters from ``slow`` (by the parameters' position); parameters
-        without an entry start from their values; ``None`` if ``slow`` is empty."""
-        if not slow:
-            return None
-        copies = SlowCopies(self._params())
-        for i, saved in slow.items():
-            target = copies.slow[i]
-            local_tensor(target).copy_(local_tensor(saved).to(device=local_tensor(target).device))
-        return copies
-
-    def _check_state_keys(self, state: dict[Any, dict[str, Any]]) -> None:
-        expected = state_keys(self.optimizer, ignore=(SLOW_KEY,))
-        if expected is None:
-            return
-        for entry in state.values():
-            if entry and set(entry) != expected:
-                raise ValueError(
-                    f"`state_dict` holds per-parameter state with keys {sorted(entry)}, where "
-                    f"{type(self.optimizer).__name__} keeps {sorted(expected)}: it was saved by "
-                    "another kind of optimizer"
-                )
+        self._copies = copies_from(slow, self._params())
