@@ -21,9 +21,11 @@ ships with scikit-learn (1,797 scanned digits, no download), with
 - PNGs: accuracy vs lr, ``r_t`` vs the linear warmup (closed forms), the adaptive-lr variance,
   training curves at one lr, and the validation accuracy on the line from Lookahead's slow to
   fast weights before a sync;
-- TensorBoard logs of every run under ``OUT/tensorboard``; at the detail lr, seed 0 of every
-  adaptive optimizer is monitored at every step, with the ``rectification/adaptive_lr``
-  histograms, and so are Adam and RAdam at ``--monitor-lr`` (0.01, Adam's best lr here).
+- TensorBoard logs: the runs that ``RectificationMonitor`` watches, in a folder of their own,
+  ``OUT/rectification`` (at the detail lr, seed 0 of every adaptive optimizer, monitored at every
+  step with the ``rectification/adaptive_lr`` histograms, and Adam and RAdam at ``--monitor-lr``,
+  0.01, Adam's best lr here), so that TensorBoard opens straight onto their charts; every other
+  run under ``OUT/tensorboard``.
 
 ``beta2`` defaults to 0.98 (Adam's default is 0.999): a run is 184 optimizer steps, and warmup
 and rectification act over about ``2 / (1 - beta2)`` steps, 100 here, 2000 at 0.999.
@@ -33,7 +35,8 @@ Run::
     python examples/digits.py                 # the full study: 147 runs, ~4 min on 2 CPU cores
     python examples/digits.py --quick         # a tiny grid, for tests
     python examples/digits.py --optimizers adam radam --lrs 1e-3 1e-2 --seeds 2 --epochs 5
-    tensorboard --logdir outputs/digits/tensorboard
+    tensorboard --logdir outputs/digits/rectification   # the monitored runs
+    tensorboard --logdir outputs/digits/tensorboard      # every other run
 """
 
 from __future__ import annotations
@@ -150,6 +153,7 @@ def plan(args: argparse.Namespace) -> tuple[list[DigitsRun], dict[str, int]]:
             for seed in range(args.seeds):
                 detail = lr == args.detail_lr and seed == 0
                 second = lr == args.monitor_lr and seed == 0 and recipe in ("adam", "radam")
+                monitored = (detail and adaptive(recipe)) or second
                 runs.append(
                     DigitsRun(
                         recipe=recipe,
@@ -160,8 +164,8 @@ def plan(args: argparse.Namespace) -> tuple[list[DigitsRun], dict[str, int]]:
                         beta2=args.beta2,
                         warmup_steps=counts["warmup"],
                         freeze_steps=counts["freeze"],
-                        log_dir=str(args.out / "tensorboard"),
-                        monitor_interval=1 if (detail and adaptive(recipe)) or second else None,
+                        log_dir=str(args.out / ("rectification" if monitored else "tensorboard")),
+                        monitor_interval=1 if monitored else None,
                         line_syncs=scans if detail and recipe == "ranger" else (),
                     )
                 )
@@ -177,7 +181,7 @@ def measure_variances(args: argparse.Namespace, runs: list[DigitsRun], warmup: i
     for run in runs:
         if run.monitor_interval is None:
             continue
-        events = load_events(args.out / "tensorboard" / run.name)
+        events = load_events(Path(run.log_dir) / run.name)
         series[run.recipe, run.lr] = {
             metric: scalar_series(events, f"rectification/{metric}")
             for metric in claims.ONLINE_METRICS
@@ -278,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     args = parse_args(argv)
     runs, counts = plan(args)
-    shutil.rmtree(args.out / "tensorboard", ignore_errors=True)  # a fixed version per run
+    for logs in ("rectification", "tensorboard"):  # a fixed version per run
+        shutil.rmtree(args.out / logs, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     print(
         f"digits study: {len(args.optimizers)} optimizers x {len(args.lrs)} lrs x {args.seeds} "
@@ -309,7 +314,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("\n" + report)
     print("Figures: " + ", ".join(str(p) for p in paths))
-    print(f"TensorBoard: tensorboard --logdir {args.out / 'tensorboard'}")
+    print(f"TensorBoard, every other run: tensorboard --logdir {args.out / 'tensorboard'}")
+    print(
+        "TensorBoard, the runs RectificationMonitor watches (tab Custom Scalars): "
+        f"tensorboard --logdir {args.out / 'rectification'}"
+    )
     sys.stdout.flush()
 
 

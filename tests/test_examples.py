@@ -108,10 +108,15 @@ def test_digits_quick_writes_the_figures(digits: tuple[Path, str]) -> None:
 
 
 def test_digits_quick_logs_rectification_to_tensorboard(digits: tuple[Path, str]) -> None:
-    out, _ = digits
+    out, stdout = digits
+    assert stdout.strip().splitlines()[-1].endswith(f"tensorboard --logdir {out / 'rectification'}")
     # --quick's detail lr (the middle of its grid) is 3e-2: seed 0 of the adaptive runs there
     # is monitored at every step.
-    events = EventAccumulator(str(out / "tensorboard" / "radam" / "lr=0.03-seed=0"), {"scalars": 0})
+    # The monitored runs have a folder of their own, which the demo's last line names.
+    assert not (out / "tensorboard" / "radam" / "lr=0.03-seed=0").exists()
+    events = EventAccumulator(
+        str(out / "rectification" / "radam" / "lr=0.03-seed=0"), {"scalars": 0}
+    )
     events.Reload()
     tags = events.Tags()
     for metric in ("rho_t", "r_t", "adaptive_lr_mean", "adaptive_lr_var"):

@@ -197,7 +197,7 @@ def test_monitor_histograms_and_layout_reach_the_pytorch_lightning_tensorboard_l
     assert {
         "r_t vs r_t_linear_warmup",
         "rho_t vs rho_t_threshold",
-        "adaptive_lr quantiles",
+        "log10 adaptive_lr quantiles",
     } <= charts
 
 

@@ -5,6 +5,7 @@ the optimizer used."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from helpers.monitor import (
     DRAWS,
     GAUSSIAN,
+    LOGGED_LOG10,
     METRICS,
     TWO_GROUPS,
     Regressor,
@@ -37,9 +39,18 @@ def test_two_param_groups_every_step(tmp_path):
     )
     steps = list(range(1, 13))
     expected_tags = {
-        f"rectification/{m}/pg{i}" for m in [*METRICS, *DRAWS, GAUSSIAN] for i in (1, 2)
+        f"rectification/{m}/pg{i}"
+        for m in [*METRICS, *DRAWS, GAUSSIAN, *LOGGED_LOG10]
+        for i in (1, 2)
     }
     assert set(accumulator.Tags()["scalars"]) == expected_tags
+    for i in (1, 2):  # each logarithm beside its series, where that is positive
+        for log10 in LOGGED_LOG10:
+            series = scalars(accumulator, f"rectification/{log10.removesuffix('_log10')}/pg{i}")
+            logged = scalars(accumulator, f"rectification/{log10}/pg{i}")
+            assert sorted(logged) == [s for s, v in sorted(series.items()) if v > 0], log10
+            for step, value in logged.items():
+                assert value == pytest.approx(math.log10(series[step]), abs=1e-6)
     for i, group in enumerate(TWO_GROUPS):
         for metric in DRAWS:
             assert sorted(scalars(accumulator, f"rectification/{metric}/pg{i + 1}")) == steps[1:]
@@ -141,7 +152,9 @@ def test_group_names_and_two_optimizers(tmp_path):
         max_steps=16,
     )
     assert set(accumulator.Tags()["scalars"]) == {
-        f"rectification/{m}/opt{j}" for m in [*METRICS, *DRAWS, GAUSSIAN] for j in (1, 2)
+        f"rectification/{m}/opt{j}"
+        for m in [*METRICS, *DRAWS, GAUSSIAN, *LOGGED_LOG10]
+        for j in (1, 2)
     }
     for j in (1, 2):
         check_group(accumulator, reference, (j - 1, 0), f"/opt{j}", 0.999, 5.0, [4, 8, 12, 16])

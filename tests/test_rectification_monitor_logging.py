@@ -12,6 +12,7 @@ import pytest
 from helpers.monitor import (
     DRAWS,
     GAUSSIAN,
+    LOGGED_LOG10,
     METRICS,
     TWO_GROUPS,
     Regressor,
@@ -62,28 +63,35 @@ def test_custom_scalars_layout(tmp_path):
     assert category.title == "rectification"
     charts = {c.title: list(c.multiline.tag) for c in category.chart}
     assert sorted(charts) == [
-        "adaptive_lr quantiles/pg1",
-        "adaptive_lr quantiles/pg2",
-        "adaptive_lr_var_ratio/pg1 vs 1/r_t^2 vs rectified",
-        "adaptive_lr_var_ratio/pg2 vs 1/r_t^2 vs rectified",
+        "log10 adaptive_lr quantiles/pg1",
+        "log10 adaptive_lr quantiles/pg2",
+        "log10 adaptive_lr_var_ratio/pg1 vs 1/r_t^2 vs rectified",
+        "log10 adaptive_lr_var_ratio/pg2 vs 1/r_t^2 vs rectified",
         "r_t/pg1 vs r_t_linear_warmup",
         "r_t/pg2 vs r_t_linear_warmup",
         "rho_t/pg1 vs rho_t_threshold",
         "rho_t/pg2 vs rho_t_threshold",
     ]
-    tags = [f"rectification/{m}/pg{i}" for m in [*METRICS, *DRAWS, GAUSSIAN] for i in (1, 2)]
+    tags = [
+        f"rectification/{m}/pg{i}"
+        for m in [*METRICS, *DRAWS, GAUSSIAN, *LOGGED_LOG10]
+        for i in (1, 2)
+    ]
     for i in (1, 2):
         matched = [
             [t for t in tags if re.match(p, t)]
-            for p in charts[f"adaptive_lr_var_ratio/pg{i} vs 1/r_t^2 vs rectified"]
+            for p in charts[f"log10 adaptive_lr_var_ratio/pg{i} vs 1/r_t^2 vs rectified"]
         ]
-        assert matched == [[f"rectification/{m}/pg{i}"] for m in (DRAWS[0], GAUSSIAN, DRAWS[2])]
+        ratios = (DRAWS[0], GAUSSIAN, DRAWS[2])
+        assert matched == [[f"rectification/{m}_log10/pg{i}"] for m in ratios]
         matched = [
-            [t for t in tags if re.match(p, t)] for p in charts[f"adaptive_lr quantiles/pg{i}"]
+            [t for t in tags if re.match(p, t)]
+            for p in charts[f"log10 adaptive_lr quantiles/pg{i}"]
         ]
-        assert matched == [[f"rectification/adaptive_lr_p{q}/pg{i}"] for q in ("05", "50", "95")]
+        quantiles = ("05", "50", "95")
+        assert matched == [[f"rectification/adaptive_lr_p{q}_log10/pg{i}"] for q in quantiles]
     for title, patterns in charts.items():
-        if title.startswith("adaptive_lr"):
+        if title.startswith("log10"):
             continue
         metric, suffix, companion = re.fullmatch(r"(\w+)(/pg\d) vs (\w+)", title).groups()
         # TensorBoard selects the tags a pattern `re.match`es: exactly the pair of this chart.

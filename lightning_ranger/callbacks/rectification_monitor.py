@@ -32,6 +32,9 @@ learning rate ``sqrt(1 - beta2^t) / (sqrt(v_t) + eps)`` of one coordinate; the s
 ``rectification/adaptive_lr_var{sfx}``            population variance of ``l_t`` over all elements
 ``rectification/adaptive_lr{sfx}``                TensorBoard histogram of ``l_t`` over all
                                                   elements
+``rectification/<ratio or quantile>_log10{sfx}``  base-10 logarithm of each variance ratio and
+                                                  quantile, where positive (what the custom-scalars
+                                                  layout charts)
 ================================================  =================================================
 """
 
@@ -82,7 +85,8 @@ class RectificationMonitor(Callback):
     variance, histogram) is computed from ``exp_avg_sq`` over every element. TensorBoard loggers
     (of ``lightning.pytorch`` or ``pytorch_lightning``) also get the histogram and a custom-scalars
     layout (tab *Custom Scalars*): ``rho_t`` with its threshold, ``r_t`` with the linear warmup,
-    the variance ratio with ``1 / r_t^2`` and the rectified ratio, and the quantiles.
+    and the base-10 logarithms of the variance ratio with ``1 / r_t^2`` and the rectified ratio,
+    and of the quantiles (readable on TensorBoard's default linear axes).
 
     Names are ``rectification/<metric>{sfx}``; the suffix ``{sfx}`` follows
     :class:`~lightning.pytorch.callbacks.LearningRateMonitor`: ``/pg{i}`` (``i`` from 1) when an

@@ -5,6 +5,7 @@ quantiles, the TensorBoard custom-scalars layout and the histograms. Plain PyTor
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -16,11 +17,13 @@ from lightning_ranger.optim.adaptive_lr import BUCKET_LIMITS, WeightHistogram
 
 __all__ = [
     "HISTOGRAM",
+    "LOG10",
     "PREFIX",
     "custom_scalars_layout",
     "group_suffixes",
     "quantile_metrics",
     "tag",
+    "with_log10",
     "write_histogram",
 ]
 
@@ -34,6 +37,30 @@ _VARIANCE_RATIOS = (
     "adaptive_lr_var_ratio_gaussian",
     "rectified_var_ratio",
 )
+
+
+#: The suffix of a series' base-10 logarithm (:func:`with_log10`).
+LOG10 = "_log10"
+
+
+def with_log10(values: dict[str, float], quantiles: Sequence[str]) -> dict[str, float]:
+    """``values`` with the base-10 logarithms of the variance ratios and of the ``quantiles``
+    beside them, as ``<metric>_log10``, where they are positive and finite (the rectified ratio
+    is 0 while RAdam takes SGD steps: no logarithm then).
+
+    Example::
+
+        >>> values = with_log10({"adaptive_lr_var_ratio": 100.0, "rectified_var_ratio": 0.0}, [])
+        >>> values["adaptive_lr_var_ratio_log10"], "rectified_var_ratio_log10" in values
+        (2.0, False)
+
+    """
+    logs = {
+        name + LOG10: math.log10(values[name])
+        for name in (*_VARIANCE_RATIOS, *quantiles)
+        if name in values and 0.0 < values[name] < math.inf
+    }
+    return {**values, **logs}
 
 
 def tag(metric: str, suffix: str) -> str:
@@ -93,8 +120,10 @@ def custom_scalars_layout(
     suffixes: Sequence[str], quantiles: Sequence[str]
 ) -> dict[str, dict[str, list[Any]]]:
     """TensorBoard custom-scalars layout: per group (of ``suffixes``), rho_t beside its threshold,
-    r_t beside linear warmup, the variance ratio beside ``1 / r_t^2`` and the rectified ratio, and
-    the metrics of the ``quantiles`` of ``l_t``."""
+    r_t beside linear warmup, and, as their base-10 logarithms (:func:`with_log10`), the variance
+    ratio beside ``1 / r_t^2`` and the rectified ratio, and the ``quantiles`` of ``l_t``: readable
+    on TensorBoard's default linear axes, where the ratio spans hundreds to 1 and the quantiles
+    many decades."""
 
     def pattern(metric: str, suffix: str) -> str:
         # TensorBoard matches from the start of a tag: allow a logger's prefix before it.
@@ -107,13 +136,13 @@ def custom_scalars_layout(
                 "Multiline",
                 [pattern(metric, sfx), pattern(companion, sfx)],
             ]
-        charts[f"adaptive_lr_var_ratio{sfx} vs 1/r_t^2 vs rectified"] = [
+        charts[f"log10 adaptive_lr_var_ratio{sfx} vs 1/r_t^2 vs rectified"] = [
             "Multiline",
-            [pattern(m, sfx) for m in _VARIANCE_RATIOS],
+            [pattern(m + LOG10, sfx) for m in _VARIANCE_RATIOS],
         ]
-        charts[f"adaptive_lr quantiles{sfx}"] = [
+        charts[f"log10 adaptive_lr quantiles{sfx}"] = [
             "Multiline",
-            [pattern(metric, sfx) for metric in quantiles],
+            [pattern(metric + LOG10, sfx) for metric in quantiles],
         ]
     return {PREFIX: charts}
 

@@ -17,6 +17,7 @@ from lightning_ranger.optim._rectification_naming import (
     HISTOGRAM,
     custom_scalars_layout,
     quantile_metrics,
+    with_log10,
     write_histogram,
 )
 from lightning_ranger.optim._tracked_groups import (
@@ -182,7 +183,8 @@ class RectificationTracker:
             )
             if statistics is None:  # no rank holds optimizer state of the group yet
                 continue
-            metrics.update({group.tag(name): v for name, v in statistics.values.items()})
+            values = with_log10(statistics.values, list(self._quantiles))
+            metrics.update({group.tag(name): v for name, v in values.items()})
             if statistics.histogram is not None:
                 self.histograms[group.tag(HISTOGRAM)] = statistics.histogram
         return metrics

@@ -35,6 +35,8 @@ METRICS += ["adaptive_lr_p05", "adaptive_lr_p50", "adaptive_lr_p95"]
 #: The variance over draws: from the second recorded step on (``GAUSSIAN``: while rho_t > 4).
 DRAWS = ["adaptive_lr_var_ratio", "adaptive_lr_rel_var", "rectified_var_ratio"]
 GAUSSIAN = "adaptive_lr_var_ratio_gaussian"
+#: The base-10 logarithms logged beside the variance ratios and the quantiles (where positive).
+LOGGED_LOG10 = [f"{m}_log10" for m in (DRAWS[0], GAUSSIAN, DRAWS[2], *METRICS[-3:])]
 
 #: Two param groups (first and second linear layer) with different beta2 and thresholds.
 TWO_GROUPS = [
