@@ -54,7 +54,6 @@ from lightning_ranger._validation import check_bool, check_int
 from lightning_ranger.callbacks._strategies import flat_shard_device
 from lightning_ranger.optim._rectification_naming import HISTOGRAM, PREFIX, quantile_metrics
 from lightning_ranger.optim._tracked_groups import untrackable
-from lightning_ranger.optim.lookahead_optimizer import Lookahead
 from lightning_ranger.optim.rectification_tracker import RectificationTracker
 
 __all__ = ["RectificationMonitor"]
@@ -264,8 +263,7 @@ def _trackable(optimizers: Sequence[Optimizer]) -> dict[int, Optimizer]:
     0, what each other one lacks."""
     found = {}
     for j, optimizer in enumerate(optimizers, start=1):
-        inner = optimizer.optimizer if isinstance(optimizer, Lookahead) else optimizer
-        reason = untrackable(inner)
+        reason = untrackable(optimizer)
         if reason is None:
             found[j] = optimizer
         else:

@@ -14,6 +14,7 @@ from lightning_ranger.optim._flat_shards import FlatShardLayout
 from lightning_ranger.optim._rectification_naming import group_suffixes, tag
 from lightning_ranger.optim._state_keys import state_keys
 from lightning_ranger.optim.adaptive_lr import Probe
+from lightning_ranger.optim.lookahead_optimizer import Lookahead
 from lightning_ranger.optim.rectification import DEFAULT_RECTIFY_THRESHOLD
 
 __all__ = [
@@ -73,7 +74,10 @@ class TrackedGroup:
 def untrackable(optimizer: Optimizer) -> str | None:
     """Why ``optimizer`` has nothing to track, ``None`` if it has: the statistics need param
     groups with ``betas`` and ``eps`` and a state with ``step`` and ``exp_avg_sq``, as Adam, AdamW,
-    RAdam and NAdam have (Adamax, for one, has ``betas`` and ``eps`` but another state)."""
+    RAdam and NAdam have (Adamax, for one, has ``betas`` and ``eps`` but another state). A
+    :class:`~lightning_ranger.optim.Lookahead` is judged by its inner optimizer."""
+    if isinstance(optimizer, Lookahead):
+        optimizer = optimizer.optimizer
     needs = (
         "it needs param groups with `betas` and `eps` and a state with `step` and `exp_avg_sq`, "
         "as Adam, AdamW, RAdam and NAdam have"

@@ -29,7 +29,6 @@ from lightning_ranger.optim._tracked_groups import (
     without_adam_state,
 )
 from lightning_ranger.optim.lookahead import local_tensor
-from lightning_ranger.optim.lookahead_optimizer import Lookahead
 
 __all__ = ["RectificationTracker"]
 
@@ -120,8 +119,7 @@ class RectificationTracker:
                     "`optimizer` must be a torch.optim.Optimizer or a sequence of them, got "
                     f"{type(opt).__name__}"
                 )
-            inner = opt.optimizer if isinstance(opt, Lookahead) else opt
-            reason = untrackable(inner)
+            reason = untrackable(opt)
             if reason is not None:
                 raise ValueError(f"`optimizer` {type(opt).__name__} has nothing to track: {reason}")
         self.probe_size = check_int(
