@@ -7,7 +7,8 @@
   after step 6 (2 steps into the second cycle), then a second run that ``fabric.load``-s it and
   trains to the end.
 - ``fsdp2``: torch's ``fully_shard`` (each linear layer its own unit beside the root, and the root
-  alone) with ``Lookahead(RAdam)`` and a ``RectificationTracker``; a distributed checkpoint of the
+  alone) with ``Lookahead(RAdam)`` and a ``RectificationTracker``, evaluated inside
+  ``slow_weights(model)`` at the end of each epoch; a distributed checkpoint of the
   model and optimizer (``get_optimizer_state_dict``) and the tracker's gathered state after step
   6, and a fresh model, optimizer and tracker that load them and train to the end; forwards inside
   and after ``slow_weights(model)``.
@@ -133,6 +134,7 @@ def fsdp2_run(out: Path, root_only: bool, resume: bool) -> dict[str, Any]:
         tracker.load_state_dict(torch.load(checkpoint / "tracker.pt", weights_only=True))
         start = optimizer.steps
     step = 0
+    losses = []
     for _ in range(EPOCHS):
         for x, y in rank_batches():
             step += 1
@@ -152,7 +154,13 @@ def fsdp2_run(out: Path, root_only: bool, resume: bool) -> dict[str, Any]:
                 if dist.get_rank() == 0:
                     torch.save(tracker_state, checkpoint / "tracker.pt")
                 dist.barrier()
+        # Evaluation on the slow weights at each epoch's end, with no checkpoint after it: the
+        # root keeps its unsharded parameters after the forward, and training must go on with
+        # the fast weights all the same.
+        with optimizer.slow_weights(model):
+            losses.append(float(evaluate(model)))
     record: dict[str, Any] = {"steps": optimizer.steps, "tracker": tracker.compute()}
+    record["epoch_losses"] = losses
     try:  # DTensor parameters: the swap needs the module, to reshard it
         with optimizer.slow_weights():
             pass
