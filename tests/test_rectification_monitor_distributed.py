@@ -122,7 +122,7 @@ def test_a_rank_without_optimizer_state_still_joins_the_fsdp1_reduce(monkeypatch
     other ranks would wait for it in the all-reduce forever."""
     params = [torch.nn.Parameter(torch.zeros(0)), torch.nn.Parameter(torch.zeros(0))]
     optimizer = RAdam([{"params": params[:1]}, {"params": params[1:]}])
-    tracker = RectificationTracker(optimizer, probe_size=8, probe_history=4)
+    tracker = RectificationTracker(optimizer, probe_size=8, probe_history=4, pool_groups=False)
     tracker.sharded = True  # as when FSDP1 shards the parameters over 2 ranks
     reduced: list[tuple[torch.Tensor, Any]] = []
     monkeypatch.setattr(tracker, "_all_reduce", lambda t, op: reduced.append((t.clone(), op)))

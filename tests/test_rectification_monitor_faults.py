@@ -74,7 +74,7 @@ class ZeroRow(Callback):
 def test_eps_zero_with_zero_second_moments_never_raises(tmp_path):
     """With ``eps=0`` (allowed by RAdam) a second moment of 0 makes ``l_t`` infinite: the monitor
     logs that instead of failing the training step; no entry counts as below ``eps``."""
-    monitor = RectificationMonitor(logging_interval=1, probe_size=100)
+    monitor = RectificationMonitor(logging_interval=1, probe_size=100, pool_groups=False)
     groups = [{"eps": 0.0}, {"eps": 0.0}]
     run, accumulator, _ = fit(
         tmp_path, Regressor(groups=groups), monitor, max_steps=4, callbacks_first=[ZeroRow()]

@@ -104,11 +104,21 @@ def test_custom_scalars_layout(tmp_path):
     assert re.match(charts["rho_t/pg1 vs rho_t_threshold"][0], "run-rectification/rho_t/pg1")
 
 
-def test_duplicate_group_names_raise(tmp_path):
-    groups = [{"name": "same"}, {"name": "same"}]
-    run = trainer(tmp_path, 2, [RectificationMonitor()])
+@pytest.mark.parametrize("pool_groups", [True, False])
+def test_duplicate_group_names_raise(tmp_path, pool_groups):
+    """Two groups monitored alone with one name raise; pooled groups need no distinct names."""
+    groups = [{"name": "same", "betas": (0.9, 0.99)}, {"name": "same"}]
+    run = trainer(tmp_path, 2, [RectificationMonitor(pool_groups=pool_groups)])
     with pytest.raises(ValueError, match=r"several param groups named \['/same'\]"):
         run.fit(Regressor(groups=groups))
+    same = Regressor(groups=[{"name": "same"}, {"name": "same"}])
+    monitor = RectificationMonitor(logging_interval=1, pool_groups=pool_groups)
+    if pool_groups:
+        _, accumulator, _ = fit(tmp_path / "pooled", same, monitor, max_steps=2)
+        assert "rectification/rho_t" in accumulator.Tags()["scalars"]
+    else:
+        with pytest.raises(ValueError, match=r"several param groups named \['/same'\]"):
+            trainer(tmp_path, 2, [monitor]).fit(same)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamax"])

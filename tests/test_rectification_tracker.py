@@ -77,6 +77,57 @@ def _net() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
 
 
+def _tracked_run(
+    groups: list[dict[str, object]], **options: object
+) -> tuple[RectificationTracker, dict[str, float]]:
+    """A tracker of RAdam over ``groups`` of ``_net()``'s parameters (given by index), after 6
+    steps of the regression, and what it computes."""
+    model = _net()
+    params = list(model.parameters())
+    optimizer = RAdam(
+        [{**g, "params": [params[i] for i in g["params"]]} for g in groups],  # type: ignore[attr-defined]
+        lr=1e-2,
+    )
+    tracker = RectificationTracker(optimizer, **options)  # type: ignore[arg-type]
+    for _ in _regression_steps(optimizer, model, range(6)):
+        tracker.update()
+    return tracker, tracker.compute()
+
+
+def test_groups_that_differ_only_in_lr_are_tracked_as_one() -> None:
+    """Per-tensor groups (as a layer-wise lr decay makes them) with the same beta2, eps and
+    threshold: one probe of `probe_size` coordinates, and, at equal lrs, the one-group values bit
+    for bit, under the one-group names."""
+    _, expected = _tracked_run([{"params": [0, 1, 2, 3]}], probe_size=16)
+    per_tensor, got = _tracked_run([{"params": [i]} for i in range(4)], probe_size=16)
+    assert got == expected
+    assert [p.size for p in per_tensor.probes.values()] == [16]
+    decayed, values = _tracked_run(
+        [{"params": [i], "lr": 1e-2 * 0.5**i} for i in range(4)], probe_size=16
+    )
+    assert set(values) == set(expected) and values != expected
+    assert [g.indices for g in decayed.groups] == [(0, 1, 2, 3)]
+
+
+def test_groups_that_differ_in_beta2_keep_their_own_statistics() -> None:
+    """Pooled by beta2 (parameters 0 and 2 at 0.999, 1 and 3 at 0.99), the pools' values are
+    those of two groups holding the same parameters; the probe budget is shared."""
+    alternating = [{"params": [i], "betas": (0.9, 0.999 if i % 2 == 0 else 0.99)} for i in range(4)]
+    _, pooled = _tracked_run(alternating, probe_size=1000)
+    two = [{"params": [0, 2], "betas": (0.9, 0.999)}, {"params": [1, 3], "betas": (0.9, 0.99)}]
+    _, expected = _tracked_run(two, probe_size=1000)
+    renamed = {"/pg1+pg3": "/pg1", "/pg2+pg4": "/pg2"}
+    assert {re.sub(r"/pg\d\+pg\d$", lambda m: renamed[m[0]], k): v for k, v in pooled.items()} == (
+        expected
+    )
+    # 83 parameters (72 and 11 in the two pools) share a budget of 40; alone, 4 groups share it.
+    shares = [p.size for p in _tracked_run(alternating, probe_size=40)[0].probes.values()]
+    assert shares == [29, 11]
+    alone = _tracked_run(alternating, probe_size=40, pool_groups=False)[0]
+    assert [p.size for p in alone.probes.values()] == [15, 8, 14, 3]
+    assert [g.suffix for g in alone.groups] == ["/pg1", "/pg2", "/pg3", "/pg4"]
+
+
 def test_state_dict_continues_the_draw_series_after_a_resume() -> None:
     model = _net()
     optimizer = RAdam(model.parameters(), lr=1e-2)
@@ -136,18 +187,39 @@ def test_the_monitor_saves_the_tracker_so_the_draw_series_go_on_after_a_resume(
     assert resumed == {step: uninterrupted[step] for step in resumed}
 
 
-def test_several_optimizers_a_lookahead_wrapper_and_the_layout(tmp_path: Path) -> None:
+def test_a_checkpoint_of_other_groups_resumes_with_a_fresh_probe_history(tmp_path: Path) -> None:
+    """A checkpoint whose probe history does not fit (saved with the groups monitored alone)
+    resumes training with a warning; the pooled variance over draws starts afresh."""
+    groups = [{}, {}]  # the same hyperparameters
+    first = trainer(tmp_path / "first", -1, [RectificationMonitor(pool_groups=False)], max_epochs=1)
+    first.fit(Regressor(groups=groups))
+    first.save_checkpoint(tmp_path / "first.ckpt")
+    monitor = RectificationMonitor(logging_interval=1)
+    resumed = trainer(tmp_path / "resumed", -1, [monitor], max_epochs=2)
+    with pytest.warns(UserWarning, match="probe history in the checkpoint does not fit"):
+        resumed.fit(Regressor(groups=groups), ckpt_path=tmp_path / "first.ckpt")
+    ratio = scalars(events(tmp_path / "resumed"), "rectification/adaptive_lr_var_ratio")
+    assert sorted(ratio) == list(range(14, 25))  # from the second step after the resume on
+
+
+@pytest.mark.parametrize("pool_groups", [True, False])
+def test_several_optimizers_a_lookahead_wrapper_and_the_layout(
+    tmp_path: Path, pool_groups: bool
+) -> None:
+    """Two optimizers are named `/opt{j}`; the second's two named groups, with the same
+    hyperparameters, are pooled (named as the optimizer) or, not pooled, named by their names."""
     model = _net()
     first = Ranger(model[0].parameters(), lr=1e-2)
     second = torch.optim.Adam(
         [{"params": model[2].weight, "name": "w"}, {"params": model[2].bias, "name": "b"}]
     )
-    tracker = RectificationTracker([first, second], probe_size=8)
+    tracker = RectificationTracker([first, second], probe_size=8, pool_groups=pool_groups)
     for _ in _regression_steps(_Both(first, second), model, range(4)):
         tracker.update()
     metrics = tracker.compute()
-    assert {"rectification/rho_t/opt1", "rectification/rho_t/opt2/w"} <= set(metrics)
-    assert "rectification/rho_t/opt2/b" in metrics
+    suffixes = ["/opt1", "/opt2"] if pool_groups else ["/opt1", "/opt2/w", "/opt2/b"]
+    found = {t.removeprefix("rectification/rho_t") for t in metrics if "/rho_t/" in t}
+    assert found == set(suffixes)
     # Every chart's patterns match tags that compute() gives.
     for chart in tracker.layout()["rectification"].values():
         for pattern in chart[1]:
@@ -159,11 +231,7 @@ def test_several_optimizers_a_lookahead_wrapper_and_the_layout(tmp_path: Path) -
     tracker.write_layout(writer)
     tracker.write_histograms(writer, step=4)
     writer.close()
-    assert set(tracker.histograms) == {
-        "rectification/adaptive_lr/opt1",
-        "rectification/adaptive_lr/opt2/w",
-        "rectification/adaptive_lr/opt2/b",
-    }
+    assert set(tracker.histograms) == {f"rectification/adaptive_lr{s}" for s in suffixes}
 
 
 class _Both(torch.optim.Optimizer):

@@ -73,9 +73,13 @@ class RectificationMonitor(Callback):
 
     Every ``logging_interval`` optimizer steps it logs, for every param group of every optimizer,
     with ``trainer.global_step`` (the number of optimizer steps) as x-axis, the series of the
-    module's table. The variance over draws comes from a *probe*: ``probe_size`` coordinates of the
-    group's parameters, drawn at random (fixed seed) from the global parameters, so that every
-    rank and every strategy probes the same ones. After every optimizer step the probe's gradients
+    module's table. Param groups of an optimizer that share ``beta2``, ``eps`` and
+    ``rectify_threshold`` have the same ``rho_t``, ``r_t`` and law of ``l_t`` whatever their lr:
+    by default (``pool_groups``) they are monitored as one group, so that 62 groups of a
+    layer-wise lr decay cost what one does. The variance over draws comes from a *probe*:
+    ``probe_size`` coordinates in all, shared equally by the monitored groups, drawn at random
+    (fixed seed) from each one's global parameters, so that every rank and every strategy probes
+    the same ones. After every optimizer step the probe's gradients
     are kept, as the optimizer used them (after unscaling and clipping, summed over accumulated
     batches), for the last ``probe_history`` steps; at a logging event ``v_t`` is bootstrapped
     from them (:func:`lightning_ranger.optim.adaptive_lr.draw_statistics`) and the medians are
@@ -88,10 +92,12 @@ class RectificationMonitor(Callback):
     and of the quantiles (readable on TensorBoard's default linear axes).
 
     Names are ``rectification/<metric>{sfx}``; the suffix ``{sfx}`` follows
-    :class:`~lightning.pytorch.callbacks.LearningRateMonitor`: ``/pg{i}`` (``i`` from 1) when an
-    optimizer has several param groups, ``/{name}`` for a group that has a ``name``, both after
-    ``/opt{j}`` (``j`` from 1, the position in ``trainer.optimizers``) when there are several
-    optimizers; empty for one optimizer with one unnamed group.
+    :class:`~lightning.pytorch.callbacks.LearningRateMonitor`: ``/pg{i}`` (``i`` from 1) for a
+    group monitored alone when an optimizer has several param groups, ``/{name}`` for one that has
+    a ``name``; pooled groups are named by their names joined by ``+`` (``/pg1+pg3``), or not at
+    all when they are all of the optimizer's groups; all after ``/opt{j}`` (``j`` from 1, the
+    position in ``trainer.optimizers``) when there are several optimizers. So one optimizer whose
+    groups differ only in lr and weight decay logs unsuffixed names, as with one group.
 
     It works with every optimizer whose param groups have ``betas`` and ``eps`` and whose state
     has ``step`` and ``exp_avg_sq``: :class:`lightning_ranger.RAdam` and ``torch.optim`` Adam,
@@ -114,18 +120,23 @@ class RectificationMonitor(Callback):
             Trainer's ``log_every_n_steps``.
         log_histograms: also log the histogram of ``l_t`` to TensorBoard loggers (other loggers
             take no histograms, which is said once). Default ``True``.
-        probe_size: coordinates per param group whose gradients are kept, ``>= 2``. Default 1024.
+        probe_size: coordinates whose gradients are kept, over all monitored groups, ``>= 2``.
+            Default 1024.
         probe_history: optimizer steps of gradients kept, ``>= 2``. Default 256: the probe keeps
-            ``4 * probe_size * probe_history`` bytes per group (1 MiB by default).
+            ``4 * probe_size * probe_history`` bytes in all (1 MiB by default).
         quantiles: the quantiles of ``l_t`` over the weights to log, each in ``(0, 1)``, named
             ``p{100 q}``. Default ``(0.05, 0.5, 0.95)``.
+        pool_groups: monitor the param groups of an optimizer that share ``beta2``, ``eps`` and
+            ``rectify_threshold`` as one. Default ``True``; ``False`` monitors every group alone
+            (its own series and a share of the probe, at a cost that grows with the groups).
 
     Raises:
         TypeError: if ``logging_interval`` is not an int or None, ``log_histograms`` not a bool,
-            ``probe_size`` or ``probe_history`` not an int, ``quantiles`` not a sequence of reals.
+            ``probe_size`` or ``probe_history`` not an int, ``quantiles`` not a sequence of reals,
+            ``pool_groups`` not a bool.
         ValueError: if ``logging_interval <= 0``, ``probe_size`` or ``probe_history < 2``, a
-            quantile is outside ``(0, 1)`` or repeated; at the start of training, if an optimizer
-            has two param groups with the same ``name``.
+            quantile is outside ``(0, 1)`` or repeated; at the start of training, if two groups
+            monitored alone in an optimizer have the same ``name``.
 
     Example::
 
@@ -143,6 +154,7 @@ class RectificationMonitor(Callback):
         probe_size: int = 1024,
         probe_history: int = 256,
         quantiles: Sequence[float] = (0.05, 0.5, 0.95),
+        pool_groups: bool = True,
     ) -> None:
         self.logging_interval = check_int(
             "logging_interval",
@@ -152,12 +164,13 @@ class RectificationMonitor(Callback):
         )
         self.log_histograms = check_bool("log_histograms", log_histograms)
         self.probe_size = check_int(
-            "probe_size", probe_size, minimum=2, meaning="coordinates per param group"
+            "probe_size", probe_size, minimum=2, meaning="coordinates over all tracked groups"
         )
         self.probe_history = check_int(
             "probe_history", probe_history, minimum=2, meaning="optimizer steps of gradients kept"
         )
         self.quantiles = tuple(quantile_metrics(quantiles).values())
+        self.pool_groups = check_bool("pool_groups", pool_groups)
         self._interval = 0
         self._last_step = 0
         self._tracker: RectificationTracker | None = None
@@ -198,11 +211,18 @@ class RectificationMonitor(Callback):
             self.probe_size,
             self.probe_history,
             self.quantiles,
+            pool_groups=self.pool_groups,
             flat_shard_device=flat_shard_device(trainer.strategy),
             optimizer_prefixes=[f"/opt{j}" if several else "" for j in optimizers],
         )
         if loaded:
-            self._tracker.load_state_dict(loaded)
+            try:
+                self._tracker.load_state_dict(loaded)
+            except ValueError as error:  # other probe settings or param groups: not worth a crash
+                rank_zero_warn(
+                    f"`RectificationMonitor`: the probe history in the checkpoint does not fit"
+                    f" ({error}); the variance over draws starts afresh."
+                )
 
         tensorboards = [logger for logger in trainer.loggers if _is_tensorboard(logger)]
         self._histograms = self.log_histograms and bool(tensorboards)

@@ -20,7 +20,7 @@ __all__ = [
     "LOG10",
     "PREFIX",
     "custom_scalars_layout",
-    "group_suffixes",
+    "pooled_suffixes",
     "quantile_metrics",
     "tag",
     "with_log10",
@@ -95,18 +95,34 @@ def quantile_metrics(quantiles: object) -> dict[str, float]:
     return names
 
 
-def group_suffixes(optimizer: Optimizer, prefix: str) -> list[str]:
-    """``LearningRateMonitor``'s naming: ``/{name}`` or ``/pg{i}`` (from 1) with several groups.
+def pooled_suffixes(optimizer: Optimizer, prefix: str, pools: Sequence[Sequence[int]]) -> list[str]:
+    """The suffix of each pool of ``optimizer``'s param groups (given by their indices), after
+    ``LearningRateMonitor``'s names of the groups: ``/{name}`` for a group with a ``name``,
+    ``/pg{i}`` (from 1) for another when there are several. A pool of one group takes its group's
+    suffix; a pool of several groups takes ``prefix`` alone when it holds every group (as one
+    group would), else their names joined by ``+``.
 
     Raises:
-        ValueError: if two param groups would be logged under the same name.
+        ValueError: if two pools would be logged under the same name.
+
+    Example::
+
+        >>> import torch
+        >>> optimizer = torch.optim.Adam([{"params": [torch.zeros(1)]} for _ in range(3)])
+        >>> pooled_suffixes(optimizer, "", [[0, 2], [1]])
+        ['/pg1+pg3', '/pg2']
+        >>> pooled_suffixes(optimizer, "/opt1", [[0, 1, 2]])
+        ['/opt1']
 
     """
     groups = optimizer.param_groups
+    several = len(groups) > 1
+    names = [g.get("name") or (f"pg{i}" if several else "") for i, g in enumerate(groups, start=1)]
     suffixes = []
-    for i, group in enumerate(groups, start=1):
-        name = group.get("name") or (f"pg{i}" if len(groups) > 1 else "")
-        suffixes.append(f"{prefix}/{name}" if name else prefix)
+    for pool in pools:
+        name = names[pool[0]] if len(pool) == 1 else "+".join(names[i] for i in pool)
+        whole = len(pool) > 1 and len(pool) == len(groups)
+        suffixes.append(f"{prefix}/{name}" if name and not whole else prefix)
     duplicates = sorted({s for s in suffixes if suffixes.count(s) > 1})
     if duplicates:
         raise ValueError(

@@ -1,5 +1,6 @@
-"""Which param groups the rectification statistics watch, what they read of the optimizer state,
-and their probes as this rank holds them. Plain PyTorch."""
+"""Which param groups the rectification statistics watch, pooled by the hyperparameters that set
+the law of the adaptive lr, what they read of the optimizer state, and their probes as this rank
+holds them. Plain PyTorch."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_ranger.optim._flat_shards import FlatShardLayout
-from lightning_ranger.optim._rectification_naming import group_suffixes, tag
+from lightning_ranger.optim._rectification_naming import pooled_suffixes, tag
 from lightning_ranger.optim._state_keys import state_keys
 from lightning_ranger.optim.adaptive_lr import Probe
 from lightning_ranger.optim.lookahead_optimizer import Lookahead
@@ -21,6 +23,7 @@ __all__ = [
     "TrackedGroup",
     "build_probes",
     "held_states",
+    "probe_shares",
     "tracked_groups",
     "untrackable",
     "without_adam_state",
@@ -31,17 +34,25 @@ State = dict[str, Any]
 
 @dataclass(frozen=True)
 class TrackedGroup:
-    """One tracked param group: ``optimizer.param_groups[index]``, of the optimizer at
-    ``optimizer_index`` (from 1) among those tracked, named with ``suffix``."""
+    """What the statistics are taken over: the param groups ``optimizer.param_groups[i]``, ``i``
+    in ``indices``, of the optimizer at ``optimizer_index`` (from 1) among those tracked, named
+    with ``suffix``: one group, or every group of the optimizer that shares ``beta2``, ``eps`` and
+    ``rectify_threshold`` with it (the step ``t`` and the law of the adaptive lr do not depend on
+    the lr), pooled as if they were one."""
 
     optimizer: Optimizer
     optimizer_index: int
-    index: int
+    indices: tuple[int, ...]
     suffix: str
 
     @property
     def options(self) -> dict[str, Any]:
-        return self.optimizer.param_groups[self.index]
+        """The options of the first of the groups (the others share those that matter here)."""
+        return self.optimizer.param_groups[self.indices[0]]
+
+    @property
+    def params(self) -> list[Tensor]:
+        return [p for i in self.indices for p in self.optimizer.param_groups[i]["params"]]
 
     @property
     def beta2(self) -> float:
@@ -55,15 +66,15 @@ class TrackedGroup:
     def threshold(self) -> float:
         """The group's ``rectify_threshold``; torch's Adam, RAdam, ... have none and get RAdam's
         default."""
-        return float(self.options.get("rectify_threshold", DEFAULT_RECTIFY_THRESHOLD))
+        return _threshold(self.options)
 
     def tag(self, metric: str) -> str:
         return tag(metric, self.suffix)
 
     def states(self) -> list[State]:
-        """The optimizer states of the group's parameters that this rank holds (none before the
+        """The optimizer states of the groups' parameters that this rank holds (none before the
         first step; under FSDP1 none of a parameter without elements on this rank)."""
-        return [s for s in map(self.optimizer.state.get, self.options["params"]) if s]
+        return [s for s in map(self.optimizer.state.get, self.params) if s]
 
     def latest_step(self) -> float | None:
         """The largest optimizer ``step`` in this rank's states of the group, if any."""
@@ -90,24 +101,38 @@ def untrackable(optimizer: Optimizer) -> str | None:
     return None
 
 
+def _threshold(options: Mapping[str, Any]) -> float:
+    return float(options.get("rectify_threshold", DEFAULT_RECTIFY_THRESHOLD))
+
+
 def tracked_groups(
-    optimizers: Sequence[Optimizer], prefixes: Sequence[str] | None = None
+    optimizers: Sequence[Optimizer], prefixes: Sequence[str] | None = None, pool: bool = True
 ) -> list[TrackedGroup]:
-    """Every param group of the ``optimizers``, named as ``LearningRateMonitor`` names them,
-    after each optimizer's prefix (default: ``/opt{j}``, ``j`` from 1, when there are several).
+    """What to track of the ``optimizers``: with ``pool``, one :class:`TrackedGroup` per set of
+    param groups of an optimizer that share ``beta2``, ``eps`` and ``rectify_threshold``, else one
+    per param group; named after ``LearningRateMonitor``'s names of the groups
+    (:func:`~lightning_ranger.optim._rectification_naming.pooled_suffixes`), after each
+    optimizer's prefix (default: ``/opt{j}``, ``j`` from 1, when there are several).
 
     Raises:
-        ValueError: if two param groups of an optimizer would be named the same.
+        ValueError: if two of an optimizer's tracked groups would be named the same.
 
     """
     if prefixes is None:
         several = len(optimizers) > 1
         prefixes = [f"/opt{j}" if several else "" for j in range(1, len(optimizers) + 1)]
-    groups = []
+    tracked = []
     for j, (optimizer, prefix) in enumerate(zip(optimizers, prefixes, strict=True), start=1):
-        suffixes = group_suffixes(optimizer, prefix)
-        groups += [TrackedGroup(optimizer, j, i, s) for i, s in enumerate(suffixes)]
-    return groups
+        pools: dict[Any, list[int]] = {}
+        for i, options in enumerate(optimizer.param_groups):
+            key = (float(options["betas"][1]), float(options["eps"]), _threshold(options))
+            pools.setdefault(key if pool else i, []).append(i)
+        suffixes = pooled_suffixes(optimizer, prefix, list(pools.values()))
+        tracked += [
+            TrackedGroup(optimizer, j, tuple(indices), suffix)
+            for indices, suffix in zip(pools.values(), suffixes, strict=True)
+        ]
+    return tracked
 
 
 def held_states(groups: Iterable[TrackedGroup]) -> dict[TrackedGroup, list[State]]:
@@ -126,25 +151,53 @@ def without_adam_state(found: Mapping[TrackedGroup, list[State]]) -> dict[int, O
     }
 
 
+def probe_shares(budget: int, numels: Sequence[int]) -> list[int]:
+    """How many of ``budget`` probe coordinates each of the groups with ``numels`` elements gets:
+    equal shares, a group smaller than its share taking all its elements and leaving the rest to
+    the others.
+
+    Example::
+
+        >>> probe_shares(1024, [10, 5000, 5000]), probe_shares(4, [3, 3, 3])
+        ([10, 507, 507], [1, 1, 2])
+
+    """
+    shares = [0] * len(numels)
+    left = budget
+    order = sorted(range(len(numels)), key=lambda i: numels[i])
+    for done, i in enumerate(order):
+        shares[i] = min(numels[i], left // (len(numels) - done))
+        left -= shares[i]
+    return shares
+
+
 def build_probes(
-    groups: Iterable[TrackedGroup],
-    size: int,
+    groups: Sequence[TrackedGroup],
+    budget: int,
     capacity: int,
     world_size: int,
     flat_device: torch.device | None,
 ) -> dict[TrackedGroup, Probe]:
-    """The probe of every group, as this rank holds it; ``flat_device`` is where to gather the
-    sizes of FSDP1's flat shards, ``None`` for whole or DTensor parameters."""
-    probes = {}
+    """The probe of every group, as this rank holds it, sharing ``budget`` coordinates
+    (:func:`probe_shares`); ``flat_device`` is where to gather the sizes of FSDP1's flat shards,
+    ``None`` for whole or DTensor parameters (whose ``numel`` is global)."""
+    flat_slices: list[list[tuple[int, int]] | None] = []
+    numels = []
     for group in groups:
-        params = list(group.options["params"])
-        flat_slices = None
-        if flat_device is not None:
-            # A collective: every rank builds the probes of every group, in the same order.
-            layout = FlatShardLayout(params, flat_device)
-            flat_slices = [
-                (sum(sizes[i] for sizes in layout.sizes), layout.offsets[i])
-                for i in range(len(params))
-            ]
-        probes[group] = Probe(params, size, capacity, world_size, flat_slices)
-    return probes
+        params = group.params
+        if flat_device is None:
+            flat_slices.append(None)
+            numels.append(sum(p.numel() for p in params))
+            continue
+        # A collective: every rank gathers the sizes of every group, in the same order.
+        layout = FlatShardLayout(params, flat_device)
+        slices = [
+            (sum(sizes[i] for sizes in layout.sizes), layout.offsets[i]) for i in range(len(params))
+        ]
+        flat_slices.append(slices)
+        numels.append(sum(numel for numel, _ in slices))
+    shares = probe_shares(budget, numels)
+    return {
+        group: Probe(group.params, share, capacity, world_size, slices)
+        for group, share, slices in zip(groups, shares, flat_slices, strict=True)
+    }

@@ -163,7 +163,8 @@ def group_share(
 
     """
     sums, extrema = weight_sums(states, beta2, eps, world_size, device)
-    step = float(states[0]["step"]) if states else -math.inf
+    # Pooled param groups may have stepped apart (a group added later): the latest step.
+    step = max((float(state["step"]) for state in states), default=-math.inf)
     draws = torch.zeros(_DRAW_ROWS, probe.size, dtype=torch.float64, device=device)
     pool = probe.history.pool
     if len(pool) >= 2 and probe.positions.numel() and step >= 1:

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
-from lightning_ranger._validation import check_int
+from lightning_ranger._validation import check_bool, check_int
 from lightning_ranger.optim import adaptive_lr as stats
 from lightning_ranger.optim._rectification_naming import (
     HISTOGRAM,
@@ -38,52 +38,66 @@ class RectificationTracker:
     training loop, in the style of a torchmetrics metric: :meth:`update` after every optimizer
     step, :meth:`compute` when you want the values.
 
-    :meth:`compute` returns, for every param group, the monitor's series under its names
+    :meth:`compute` returns, for every tracked group, the monitor's series under its names
     (``rectification/rho_t``, ``rectification/r_t``, ``rectification/adaptive_lr_var_ratio``, ...,
     the quantiles as ``rectification/adaptive_lr_p05``, ...; the metric table is in
-    :mod:`lightning_ranger.callbacks.rectification_monitor`), with the monitor's suffixes:
-    ``/pg{i}`` (from 1) or the group's ``name`` when an optimizer has several groups, after
-    ``/opt{j}`` when the tracker watches several optimizers. The histograms of ``l_t`` of the last
-    :meth:`compute` are in :attr:`histograms`; :meth:`write_layout` and :meth:`write_histograms`
-    put the custom-scalars layout and the histograms into a
-    ``torch.utils.tensorboard.SummaryWriter`` (``fabric.logger.experiment`` under Fabric's
-    ``TensorBoardLogger``).
+    :mod:`lightning_ranger.callbacks.rectification_monitor`), with the monitor's suffixes.
 
-    - *Probe*: ``probe_size`` coordinates of each group, drawn with a fixed seed from the global
-      parameters (the same on every rank and strategy); :meth:`update` keeps their gradients, as
-      the optimizer used them, for the last ``probe_history`` steps, from which :meth:`compute`
-      bootstraps the variance of ``l_t`` over the draw of the minibatches.
+    - *Pooled groups*: param groups of an optimizer that share ``beta2``, ``eps`` and
+      ``rectify_threshold`` have the same ``rho_t`` and ``r_t`` and the same law of the adaptive
+      lr, whatever their lr (layer-wise lr decay, weight-decay splits): with ``pool_groups`` they
+      are tracked as one group, with one probe, at the cost of one. Their series carry no suffix
+      when they are all of the optimizer's groups, else their names joined by ``+``
+      (``/pg1+pg2``). A group that differs from the others is tracked alone and named as
+      ``LearningRateMonitor`` names it: ``/pg{i}`` (from 1), or ``/{name}`` for a group with a
+      ``name``. With several optimizers, ``/opt{j}`` comes first.
+
+    The histograms of ``l_t`` of the last :meth:`compute` are in :attr:`histograms`;
+    :meth:`write_layout` and :meth:`write_histograms` put the custom-scalars layout and the
+    histograms into a ``torch.utils.tensorboard.SummaryWriter`` (``fabric.logger.experiment``
+    under Fabric's ``TensorBoardLogger``).
+
+    - *Probe*: ``probe_size`` coordinates in all, shared equally by the tracked groups, drawn with
+      a fixed seed from each one's global parameters (the same on every rank and strategy);
+      :meth:`update` keeps their gradients, as the optimizer used them, for the last
+      ``probe_history`` steps, from which :meth:`compute` bootstraps the variance of ``l_t`` over
+      the draw of the minibatches.
     - *Distributed*: with ``torch.distributed`` initialized and DTensor parameters (FSDP2) or
       FSDP1 flat shards (``flat_shard_device``), every rank records the probe coordinates it
       holds, and :meth:`compute` and :meth:`state_dict` are collectives (one all-reduce each) that
       every rank must call; every rank gets the single-process values. With replicated parameters
       (DDP) nothing is communicated: every rank that calls :meth:`compute` gets the same values.
-    - *Checkpoints*: :meth:`state_dict` holds the probe's gradient history (gathered over the ranks
-      when sharded, ``4 * probe_size * probe_history`` bytes per group), so that the series of the
-      variance over draws continue after a resume; :meth:`load_state_dict` takes each rank's own
-      coordinates from it.
+    - *Checkpoints*: :meth:`state_dict` holds the probe's gradient history
+      (``4 * probe_size * probe_history`` bytes in all, gathered over the ranks when sharded), so
+      that the series of the variance over draws continue after a resume;
+      :meth:`load_state_dict` takes each rank's own coordinates from it.
 
     Args:
         optimizer: the optimizer, or several, whose param groups to track: any with param groups
             with ``betas`` and ``eps`` and a state with ``step`` and ``exp_avg_sq`` (
             :class:`~lightning_ranger.RAdam`, ``torch.optim`` Adam, AdamW, RAdam, NAdam), also
             wrapped in :class:`~lightning_ranger.optim.Lookahead`.
-        probe_size: coordinates per param group whose gradients are kept, ``>= 2``. Default 1024.
+        probe_size: coordinates whose gradients are kept, over all tracked groups, ``>= 2``.
+            Default 1024.
         probe_history: optimizer steps of gradients kept, ``>= 2``. Default 256.
         quantiles: the quantiles of ``l_t`` over the weights, each in ``(0, 1)``. Default
             ``(0.05, 0.5, 0.95)``.
         flat_shard_device: for FSDP1 parameters sharded over several ranks (flat shards), the
             device to gather their sizes on; construction is then a collective. ``None``: whole
             parameters or DTensors.
+        pool_groups: track the param groups of an optimizer that share ``beta2``, ``eps`` and
+            ``rectify_threshold`` as one. Default ``True``; ``False`` tracks every group alone
+            (its own series, a share of the probe, and a cost that grows with the groups).
         optimizer_prefixes: the name prefix of each optimizer's groups. Default: ``""`` for one
             optimizer, ``"/opt{j}"`` (``j`` from 1) for several.
 
     Raises:
         TypeError: if ``optimizer`` is not an optimizer or a sequence of them, ``probe_size`` or
-            ``probe_history`` not an int, ``quantiles`` not a sequence of reals.
+            ``probe_history`` not an int, ``quantiles`` not a sequence of reals, ``pool_groups``
+            not a bool.
         ValueError: if an optimizer has nothing to track (no ``betas``/``eps``, or no
             ``exp_avg_sq`` in its state), ``probe_size`` or ``probe_history < 2``, a quantile is
-            outside ``(0, 1)`` or repeated, or two param groups of an optimizer have one name.
+            outside ``(0, 1)`` or repeated, or two tracked groups of an optimizer have one name.
 
     Example::
 
@@ -109,6 +123,7 @@ class RectificationTracker:
         probe_history: int = 256,
         quantiles: Sequence[float] = (0.05, 0.5, 0.95),
         *,
+        pool_groups: bool = True,
         flat_shard_device: torch.device | None = None,
         optimizer_prefixes: Sequence[str] | None = None,
     ) -> None:
@@ -123,22 +138,25 @@ class RectificationTracker:
             if reason is not None:
                 raise ValueError(f"`optimizer` {type(opt).__name__} has nothing to track: {reason}")
         self.probe_size = check_int(
-            "probe_size", probe_size, minimum=2, meaning="coordinates per param group"
+            "probe_size", probe_size, minimum=2, meaning="coordinates over all tracked groups"
         )
         self.probe_history = check_int(
             "probe_history", probe_history, minimum=2, meaning="optimizer steps of gradients kept"
         )
         self._quantiles = quantile_metrics(quantiles)
         self.quantiles = tuple(self._quantiles.values())
-        #: The tracked param groups, in the order of the optimizers and their groups.
-        self.groups: list[TrackedGroup] = tracked_groups(optimizers, optimizer_prefixes)
-        params = [p for g in self.groups for p in g.options["params"]]
+        self.pool_groups = check_bool("pool_groups", pool_groups)
+        #: The tracked groups, in the order of the optimizers and of their first param group.
+        self.groups: list[TrackedGroup] = tracked_groups(
+            optimizers, optimizer_prefixes, self.pool_groups
+        )
+        params = [p for g in self.groups for p in g.params]
         distributed = dist.is_available() and dist.is_initialized()
         self._world_size = dist.get_world_size() if distributed else 1
         self._dtensors = any(isinstance(p, DTensor) for p in params)
         #: Whether the ranks hold different parts of the state (the reductions are collectives).
         self.sharded = (self._dtensors or flat_shard_device is not None) and self._world_size > 1
-        #: Each group's probe, as this rank holds it.
+        #: Each group's probe, as this rank holds it (``probe_size`` coordinates in all).
         self.probes = build_probes(
             self.groups, self.probe_size, self.probe_history, self._world_size, flat_shard_device
         )
@@ -272,9 +290,10 @@ class RectificationTracker:
                 "The tracker state was saved with (probe_size, probe_history, groups) = "
                 f"{saved}; this tracker has {mine}"
             )
-        for probe, group in zip(self.probes.values(), state_dict["groups"], strict=True):
-            if group["values"].shape != (self.probe_history, probe.size):
-                raise ValueError("The tracker state holds probes of other param groups")
+        pairs = list(zip(self.probes.values(), state_dict["groups"], strict=True))
+        if any(group["values"].shape != (self.probe_history, probe.size) for probe, group in pairs):
+            raise ValueError("The tracker state holds probes of other param groups")
+        for probe, group in pairs:
             positions = probe.positions.cpu()
             history = probe.history
             history.values.copy_(group["values"][:, positions].to(history.values.device))
