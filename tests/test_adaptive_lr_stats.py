@@ -52,17 +52,18 @@ def test_locate_matches_the_block_of_a_full_tensor(shape, local_shape, offset):
 
 
 def _hand_bootstrap(pool, step, beta2, eps, replicates, seed):
-    """The bootstrap by Adam's recursion, one replicate and one draw at a time, float64."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    """The bootstrap by Adam's recursion, one replicate and one draw at a time, float64: each
+    replicate draws ``t_limit`` gradients, its ``k``-th draw for the step ``k`` steps back."""
+    generator = torch.Generator().manual_seed(seed)
+    t_limit = stats.limit_steps(beta2)
+    draws = torch.randint(len(pool), (replicates, t_limit), generator=generator).numpy()
     g = pool.double().numpy()
     out = []
-    for length, bias in ((min(step, stats.limit_steps(beta2)), 1.0 - beta2**step), (None, 1.0)):
-        length = length or stats.limit_steps(beta2)
-        draws = torch.randint(len(g), (replicates, length), generator=generator).numpy()
+    for length, bias in ((min(step, t_limit), 1.0 - beta2**step), (t_limit, 1.0)):
         lrs = []
         for b in range(replicates):
             v = np.zeros(g.shape[1])
-            for i in draws[b]:
+            for i in draws[b, :length][::-1]:  # oldest first
                 v = beta2 * v + (1.0 - beta2) * g[i] ** 2
             v_hat = v / (1.0 - beta2**length)  # the truncated weights sum to 1 - beta2^length
             lrs.append(math.sqrt(bias) / (np.sqrt(v_hat * bias) + eps))

@@ -4,6 +4,7 @@ gradients a probe kept (:class:`~lightning_ranger.optim.adaptive_lr.ProbeHistory
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -26,25 +27,31 @@ def limit_steps(beta2: float) -> int:
     return math.ceil(10.0 / (1.0 - beta2) - 1e-9)
 
 
-def _ema_weights(beta2: float, length: int) -> Tensor:
-    """Adam's weights of the last ``length`` gradients in ``v_t / (1 - beta2^t)``, oldest first, in
-    float64, normalised to sum to 1 (for ``t = length`` that is the bias correction ``1 - beta2^t``;
-    for ``t > length`` the older gradients, dropped, weigh ``beta2^length`` together)."""
-    exponents = torch.arange(length - 1, -1, -1, dtype=torch.float64)
-    weights = torch.pow(torch.tensor(beta2, dtype=torch.float64), exponents)
-    return weights / weights.sum()
+@functools.lru_cache(maxsize=4)
+def _draws(pool: int, length: int, replicates: int, seed: int) -> Tensor:
+    """``[replicates, length]`` draws with replacement from ``range(pool)``, column ``k`` for the
+    gradient ``k`` steps back; kept between logging events (2 bytes a draw while ``pool`` fits
+    in 15 bits), as drawing them dominated an event."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(pool, (replicates, length), generator=generator)
+    return draws.to(torch.int16 if pool <= torch.iinfo(torch.int16).max else torch.int32)
 
 
 def _replicate_weights(
-    pool: int, length: int, beta2: float, replicates: int, generator: torch.Generator
+    pool: int, length: int, t_limit: int, beta2: float, replicates: int, seed: int
 ) -> Tensor:
-    """``[replicates, pool]``: each replicate draws ``length`` gradients with replacement from the
-    ``pool`` and gives the ``i``-th draw Adam's weight of the ``i``-th of ``length`` steps; the
-    weights of a recorded gradient drawn several times add up."""
-    draws = torch.randint(pool, (replicates, length), generator=generator)
-    weights = _ema_weights(beta2, length).expand(replicates, length)
-    out = torch.zeros(replicates, pool, dtype=torch.float64)
-    return out.scatter_add_(1, draws, weights)
+    """``[replicates, pool]``: the weight that each replicate's ``length`` draws (the first
+    ``length`` of :func:`_draws` of ``t_limit``) give each recorded gradient, Adam's weight
+    ``beta2^k`` of the gradient ``k`` steps back, normalised to sum to 1, added up over the draws
+    that picked it."""
+    draws = _draws(pool, t_limit, replicates, seed)[:, :length].long()
+    weights = torch.pow(torch.tensor(beta2, dtype=torch.float64), torch.arange(length))
+    weights = (weights / weights.sum()).expand(replicates, length)
+    return torch.zeros(replicates, pool, dtype=torch.float64).scatter_add_(1, draws, weights)
+
+
+#: The limit's weights, the same at every event while the pool's length is.
+_limit_weights = functools.lru_cache(maxsize=8)(_replicate_weights)
 
 
 @dataclass(frozen=True)
@@ -67,15 +74,19 @@ def draw_statistics(
 ) -> DrawStatistics:
     r"""Bootstrap ``Var_draws[l_t]``, ``E_draws[l_t]`` and ``Var_draws[l_limit]`` per coordinate.
 
-    Each of ``replicates`` replicates draws ``min(t, t_limit)`` gradients with replacement from
-    ``pool`` and computes ``v_t / (1 - beta2^t)`` as Adam's EMA of their squares (the draws past
-    ``t_limit`` weigh less than ``e^-10`` together and are dropped), then
+    Each of ``replicates`` replicates draws ``t_limit`` gradients with replacement from ``pool``,
+    one for each of the last ``t_limit`` steps. Its ``v_t / (1 - beta2^t)`` is Adam's EMA of the
+    squares of the draws of the last ``min(t, t_limit)`` steps (the steps before ``t_limit``
+    weigh less than ``e^-10`` together and are dropped), and
     ``l_t = 1 / (sqrt(v_t / (1 - beta2^t)) + eps / sqrt(1 - beta2^t))``, which is
-    ``sqrt(1 - beta2^t) / (sqrt(v_t) + eps)``. ``l_limit`` is the same with ``t_limit`` draws.
-    The draws depend only on ``seed``, ``step``, the pool's length and ``replicates``: on every rank
-    every coordinate sees the same draws. ``v_t`` of every replicate and coordinate is one float32
-    matrix product (relative error about ``1e-7``, far below the bootstrap's); ``l_t`` and its
-    moments are float64. Cost: ``2 * replicates * len(pool) * coordinates`` multiply-adds.
+    ``sqrt(1 - beta2^t) / (sqrt(v_t) + eps)``; ``l_limit`` is the same over all ``t_limit`` draws.
+    The draws depend only on ``seed``, the pool's length and ``replicates``: every coordinate and
+    every rank sees the same draws, and so does every logging event while the pool's length is
+    the same (the bootstrap's noise moves with the pool, not from event to event), so they are
+    drawn once and kept. ``v_t`` of every replicate and coordinate is one float32 matrix product
+    (relative error about ``1e-7``, far below the bootstrap's); ``l_t`` and its moments are
+    float64. Cost: ``2 * replicates * len(pool) * coordinates`` multiply-adds, and, while
+    ``t < t_limit``, ``replicates * t`` weights added up.
 
     Args:
         pool: ``[n, coordinates]`` recorded gradients, ``n >= 1``.
@@ -83,7 +94,7 @@ def draw_statistics(
         beta2: Adam's ``beta2``, in ``[0, 1)``.
         eps: Adam's ``eps``.
         replicates: bootstrap replicates.
-        seed: mixed with ``step`` into the seed of the draws.
+        seed: the seed of the draws.
 
     Example::
 
@@ -94,15 +105,17 @@ def draw_statistics(
 
     """
     t_limit = limit_steps(beta2)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + int(step))
     squares = pool.float().square()  # float32: the matrix product dominates an event's cost
     bias_correction = -math.expm1(step * math.log(beta2)) if beta2 > 0.0 else 1.0
+    limit = _limit_weights(len(pool), t_limit, t_limit, beta2, replicates, seed)
+    length = min(int(step), t_limit)
+    current = (
+        limit
+        if length == t_limit
+        else _replicate_weights(len(pool), length, t_limit, beta2, replicates, seed)
+    )
     results = []
-    for length, eps_hat in (
-        (min(int(step), t_limit), eps / math.sqrt(bias_correction)),
-        (t_limit, eps),
-    ):
-        weights = _replicate_weights(len(pool), length, beta2, replicates, generator)
+    for weights, eps_hat in ((current, eps / math.sqrt(bias_correction)), (limit, eps)):
         v_hat = (weights.to(squares.device, torch.float32) @ squares).double()
         lr = (v_hat.sqrt() + eps_hat).reciprocal()
         results.append((lr.var(dim=0), lr.mean(dim=0)))

@@ -204,8 +204,8 @@ class Probe:
                 parts.append(torch.full((index.numel(),), math.nan, device=index.device))
                 continue
             local = grad.to_local() if isinstance(grad, DTensor) else grad
-            parts.append(local.reshape(-1)[index].float())
-        return torch.cat(parts) if parts else torch.zeros(0, device=self.positions.device)
+            parts.append(torch.take(local, index))  # flat, row-major indices, whatever the strides
+        return torch.cat(parts).float() if parts else torch.zeros(0, device=self.positions.device)
 
     def record(self, step: float) -> None:
         """Keep the current gradients if ``step`` is a new optimizer step."""

@@ -61,9 +61,12 @@ def weight_sums(
     numel = sum(state["exp_avg_sq"].numel() for state in states)  # global size for DTensors
     # l_t of every element would dominate a logging event's cost: a large group is sampled.
     sampling_factor = max(1, math.ceil(numel / HISTOGRAM_SAMPLES))
-    limits = torch.tensor(BUCKET_LIMITS, dtype=torch.float64, device=device)
     sums = torch.zeros(BUCKETS + len(BUCKET_LIMITS), dtype=torch.float64, device=device)
-    extrema = torch.full((2,), -math.inf, dtype=torch.float64, device=device)
+    row = [0.0] * BUCKETS
+    lr_low, lr_high = math.inf, -math.inf
+    # Per tensor, only what needs its every element (extrema, eps count) and the sample's gather;
+    # l_t of the samples of all tensors is then computed in one go.
+    samples, lengths, scales, corrections = [], [], [], []
     for state in states:
         exp_avg_sq = state["exp_avg_sq"]
         if isinstance(exp_avg_sq, DTensor):
@@ -72,35 +75,47 @@ def weight_sums(
             v, weight = exp_avg_sq.reshape(-1), 1.0 / world_size
         if v.numel() == 0:  # an empty shard of a small parameter
             continue
-        step = float(state["step"])
-        bias_correction = math.sqrt(-math.expm1(step * math.log(beta2)) if beta2 > 0 else 1.0)
         low, high = (x.item() for x in torch.aminmax(v))  # NaN if any entry is NaN
-        nonfinite = 0
         if not (low >= 0.0 and math.isfinite(high)):  # the slow path: leave out the bad entries
             finite = torch.isfinite(v) & (v >= 0)
-            nonfinite = int(v.numel() - torch.count_nonzero(finite))
+            row[NONFINITE] += (v.numel() - int(torch.count_nonzero(finite))) * weight
             v = v[finite]
             if v.numel() == 0:
-                sums[NONFINITE] += nonfinite * weight
                 continue
             low, high = (x.item() for x in torch.aminmax(v))
-        dominated = _eps_dominated(v, low, eps)
+        step = float(state["step"])
+        bias_correction = math.sqrt(-math.expm1(step * math.log(beta2)) if beta2 > 0 else 1.0)
+        row[COUNT] += v.numel() * weight
+        row[EPS_DOMINATED] += _eps_dominated(v, low, eps) * weight
         # l_t falls as v_t grows: its extrema come from those of v_t.
-        lr_low = _adaptive_lr(bias_correction, high, eps)
-        lr_high = _adaptive_lr(bias_correction, low, eps)
-        extrema = torch.maximum(extrema, extrema.new_tensor([-lr_low, lr_high]))
-        sample = v
+        lr_low = min(lr_low, _adaptive_lr(bias_correction, high, eps))
+        lr_high = max(lr_high, _adaptive_lr(bias_correction, low, eps))
         if sampling_factor > 1:
             picks = math.ceil(v.numel() / sampling_factor)
-            sample = v[_sample_positions(v.numel(), picks, v.device)]
-        lr = bias_correction / (sample.to(device, torch.float64).sqrt() + eps)
-        scale = v.numel() / sample.numel()
-        buckets = torch.bucketize(lr, limits).clamp_(max=len(limits) - 1)
-        sums[BUCKETS:] += torch.bincount(buckets, minlength=len(limits)) * (scale * weight)
-        row = [float(v.numel()), 0.0, 0.0, dominated, float(nonfinite)]
-        sums[:BUCKETS] += sums.new_tensor(row) * weight
-        sums[SUM] += lr.sum() * (scale * weight)
-        sums[SUM_SQ] += lr.square().sum() * (scale * weight)
+            samples.append(v[_sample_positions(v.numel(), picks, v.device)])
+        else:
+            samples.append(v)
+        lengths.append(samples[-1].numel())
+        scales.append(v.numel() / lengths[-1] * weight)
+        corrections.append(bias_correction)
+    extrema = torch.tensor([-lr_low, lr_high], dtype=torch.float64, device=device)
+    sums[:BUCKETS] = torch.tensor(row, dtype=torch.float64)
+    if not samples:
+        return sums, extrema
+    sample = torch.cat(samples).to(device, torch.float64)
+    counts = torch.tensor(lengths, device=device)
+    multiplier = torch.tensor(scales, dtype=torch.float64, device=device)
+    multiplier = multiplier.repeat_interleave(counts, output_size=len(sample))
+    correction: float | Tensor = corrections[0]
+    if any(c != corrections[0] for c in corrections):  # states at different steps
+        correction = torch.tensor(corrections, dtype=torch.float64, device=device)
+        correction = correction.repeat_interleave(counts, output_size=len(sample))
+    lr = correction / (sample.sqrt() + eps)
+    limits = torch.tensor(BUCKET_LIMITS, dtype=torch.float64, device=device)
+    buckets = torch.bucketize(lr, limits).clamp_(max=len(limits) - 1)
+    sums[BUCKETS:] = torch.bincount(buckets, weights=multiplier, minlength=len(limits))
+    sums[SUM] = torch.dot(lr, multiplier)
+    sums[SUM_SQ] = torch.dot(lr.square(), multiplier)
     return sums, extrema
 
 
@@ -116,10 +131,16 @@ def _eps_dominated(v: Tensor, low: float, eps: float) -> float:
         return 0.0
     # eps^2 underflows in 16 bits (1e-16 for the default eps): compare in float32 there.
     wide_dtype = v.dtype if v.dtype in (torch.float32, torch.float64) else torch.float32
-    threshold = torch.tensor(eps * eps, dtype=wide_dtype).item()  # as the comparison rounds it
+    threshold = _squared(eps, wide_dtype)
     if low >= threshold:  # the minimum decides it without reading v again
         return 0.0
     return float(torch.count_nonzero(v.to(wide_dtype) < threshold))
+
+
+@functools.lru_cache(maxsize=64)
+def _squared(eps: float, dtype: torch.dtype) -> float:
+    """``eps^2`` as a comparison in ``dtype`` rounds it."""
+    return torch.tensor(eps * eps, dtype=dtype).item()
 
 
 @functools.lru_cache(maxsize=1024)
