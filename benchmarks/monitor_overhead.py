@@ -1,39 +1,48 @@
-"""Benchmark of RectificationMonitor: training-step time with and without it, and one event's cost.
+"""Benchmark of RectificationMonitor: its whole cost next to a training step, with one param group
+and with one per tensor.
 
 What is measured
     Training steps of ``torchvision.models.resnet18(num_classes=10)`` (no weights downloaded,
-    11.2M parameters) with ``lightning_ranger.RAdam``, batches of 16 random 32x32 images, on the
-    CPU, through a Lightning ``Trainer`` that logs to TensorBoard in both configurations:
+    11.2M parameters in 62 tensors) with ``lightning_ranger.RAdam``, batches of 16 random 32x32
+    images, on the CPU, through a Lightning ``Trainer`` that logs to TensorBoard, in two layouts
+    of the param groups:
 
-    - *without*: no monitor;
-    - *with*: ``RectificationMonitor()`` at its default interval, the Trainer's
-      ``log_every_n_steps`` (``--interval``, default 50), histograms on, default probe (1024
-      coordinates, 256 steps): it records the probe's gradients after every optimizer step and
-      logs once per interval.
+    - *one group*: every parameter in one group;
+    - *62 groups* (``--groups per-tensor``): one group per tensor, the lr decaying by 0.9 per
+      tensor from the head down (a layer-wise lr decay), all with the same betas and eps.
 
-    Each run trains a fresh copy of the same initial weights for ``--warmup`` + ``--interval``
-    steps and times the last ``--interval`` (from the start of batch ``warmup + 1`` to the end of
-    the last batch, after every callback), so a *with* window holds exactly one logging event, as
-    every interval of a long run does. The two configurations are timed interleaved (ABBA) over
-    ``--repeats`` pairs of runs in one process; the overhead is ``median(with) / median(without)
-    - 1``, in wall time and in process CPU time.
+    Each layout trains *without* the monitor and *with* ``RectificationMonitor()`` at its default
+    interval, the Trainer's ``log_every_n_steps`` (``--interval``, default 50), histograms on,
+    default probe (1024 coordinates, 256 steps). Each run trains a fresh copy of the same initial
+    weights for ``--warmup`` + ``--interval`` steps and times the last ``--interval``, so a
+    *with* window holds ``interval`` recordings of the probe's gradients and exactly one logging
+    event, as every interval of a long run does. The runs are timed interleaved over
+    ``--repeats`` rounds in one process.
 
-    One logging event is also timed on its own, with a full probe history (the most expensive
-    bootstrap): the time spent in the monitor's ``on_train_batch_end`` when it logs, over the
-    events of the *with* runs and of one run that logs at every step (``--event-steps`` steps; it
-    runs first and also warms the process up). ``event / (interval * step without)`` estimates the
-    overhead independently of the noise of whole runs, which on a shared machine dominates the
-    direct comparison; it is the figure to read. Target: at most 1% of wall time at the default
-    interval (printed, never asserted).
+    - *Whole cost*: the wall time spent in the monitor's ``on_train_batch_end`` over a window
+      (every recording and the event, the TensorBoard writes included). Its share of
+      ``interval`` training steps without the monitor is the overhead (target: at most 1% with
+      one group, printed, never asserted). Timing the monitor's own calls is independent of the
+      noise of whole runs, which on a shared machine dominates the direct comparison of the
+      steps with and without it (also printed).
+    - *Its parts*: the recording at every step (the call without the event) and one logging
+      event, over the timed windows and a first run that logs at every step (``--event-steps``
+      steps; it also warms the process up). The probe history starts full (random gradients),
+      the most expensive bootstrap.
+    - With ``--groups per-tensor``: the 62 groups' event and recording over the one group's
+      (targets: at most 2x each), and, for comparison, the same 62 groups monitored alone
+      (``pool_groups=False``) in a run that logs at every step.
 
 How to run
-    python benchmarks/monitor_overhead.py [--repeats 3] [--warmup 3] [--event-steps 6]
+    python benchmarks/monitor_overhead.py [--groups per-tensor] [--repeats 3] [--warmup 3]
 
-    The defaults take about 1.5 minutes on 2 idle CPU cores (longer on a shared machine).
+    The defaults take about 1.5 minutes on 2 idle CPU cores, 3 minutes with ``--groups
+    per-tensor`` (longer on a shared machine).
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +51,7 @@ from typing import Any
 
 import torch
 import torchvision
-from _report import Run, argument_parser, markdown_table, ratio_cell, verdict
+from _report import Run, argument_parser, markdown_table, verdict
 from _timing import Timer, Timing, interleaved
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -52,21 +61,31 @@ from lightning_ranger import RAdam
 from lightning_ranger.callbacks.rectification_monitor import RectificationMonitor
 from lightning_ranger.optim import RectificationTracker
 
-TARGET_OVERHEAD = 0.01  # of wall time at the default interval
+TARGET_OVERHEAD = 0.01  # of wall time at the default interval, one group
+TARGET_GROUPS = 2.0  # 62 groups' event and recording over one group's
+
+LAYOUTS = {"one": "one group", "per-tensor": "62 groups"}
 
 
 class ResNetClassifier(LightningModule):
-    def __init__(self, initial: dict[str, torch.Tensor]) -> None:
+    def __init__(self, initial: dict[str, torch.Tensor], layout: str) -> None:
         super().__init__()
         self.net = torchvision.models.resnet18(num_classes=10)
         self.net.load_state_dict(initial)
+        self.layout = layout
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         return torch.nn.functional.cross_entropy(self.net(x), y)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return RAdam(self.parameters(), lr=1e-3)
+        if self.layout == "one":
+            return RAdam(self.parameters(), lr=1e-3)
+        params = list(self.parameters())
+        decayed = [
+            {"params": [p], "lr": 1e-3 * 0.9 ** (len(params) - 1 - i)} for i, p in enumerate(params)
+        ]
+        return RAdam(decayed, lr=1e-3)
 
 
 class WindowTimer(Callback):
@@ -90,15 +109,18 @@ class WindowTimer(Callback):
 
 
 class TimedMonitor(RectificationMonitor):
-    """The monitor, recording the seconds its ``on_train_batch_end`` takes when it logs. Its probe
-    history starts full (random gradients), as after ``probe_history`` steps of a long run, so that
-    every event bootstraps from the largest pool."""
+    """The monitor, recording the wall seconds of each of its ``on_train_batch_end`` calls from
+    batch ``first`` on, and of the logging events among them. Its probe history starts full
+    (random gradients), as after ``probe_history`` steps of a long run, so that every event
+    bootstraps from the largest pool."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, first: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.event_seconds: list[float] = []
-        self.event_cpu_seconds: list[float] = []
-        self._logged = False
+        self.first = first
+        self.calls: list[float] = []
+        self.events: list[float] = []
+        self.recordings: list[float] = []
+        self._event = 0.0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -108,21 +130,72 @@ class TimedMonitor(RectificationMonitor):
             probe.history.recorded = self.probe_history
 
     def _log(self, trainer: Trainer, tracker: RectificationTracker, step: int) -> None:
-        self._logged = True  # the monitor's own decision that this batch is a logging event
+        start = time.perf_counter()
         super()._log(trainer, tracker, step)
+        self._event = time.perf_counter() - start
 
     def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        self._logged = False
-        start, start_cpu = time.perf_counter(), time.process_time()
+        self._event = 0.0
+        start = time.perf_counter()
         super().on_train_batch_end(trainer, *args)
-        if self._logged:
-            self.event_seconds.append(time.perf_counter() - start)
-            self.event_cpu_seconds.append(time.process_time() - start_cpu)
+        seconds = time.perf_counter() - start
+        if args[-1] < self.first:  # batch_idx
+            return
+        self.calls.append(seconds)
+        self.recordings.append(seconds - self._event)
+        if self._event:
+            self.events.append(seconds)
+
+    def probe_bytes(self) -> int:
+        assert self.tracker is not None
+        probes = self.tracker.probes.values()
+        return sum(p.history.nbytes() + p.positions.nbytes for p in probes)
+
+
+class Layout:
+    """The runs of one layout of the param groups: timed windows without and with the monitor,
+    and what the monitor's calls took."""
+
+    def __init__(self, name: str, runs: Runs) -> None:
+        self.name = name
+        self.runs = runs
+        self.events: list[float] = []
+        self.recordings: list[float] = []
+        self.whole: list[float] = []  # the monitor's seconds per timed window
+        self.probe_bytes = 0
+
+    def monitored(self, steps: int, first: int, **kwargs: Any) -> TimedMonitor:
+        """Train ``steps`` steps with the monitor, keeping what its calls from batch ``first``
+        took."""
+        monitor = TimedMonitor(first, **kwargs)
+        self.runs.train(self.name, steps, first, monitor)
+        if monitor.pool_groups:
+            self.events += monitor.events
+            self.recordings += monitor.recordings
+            self.probe_bytes = monitor.probe_bytes()
+        return monitor
+
+    def timed(self, with_monitor: bool) -> Callable[[], float]:
+        """A timed run: wall seconds per step of its window."""
+        args = self.runs.args
+
+        def train() -> float:
+            steps = args.warmup + args.interval
+            if not with_monitor:
+                return self.runs.train(self.name, steps, args.warmup, None)
+            monitor = TimedMonitor(args.warmup)
+            wall = self.runs.train(self.name, steps, args.warmup, monitor)
+            self.events += monitor.events
+            self.recordings += monitor.recordings
+            self.whole.append(sum(monitor.calls))
+            return wall
+
+        return train
 
 
 class Runs:
     """Training runs of fresh copies of the same initial weights, each timed over its last
-    ``interval`` steps, with the monitor's events gathered."""
+    ``interval`` steps."""
 
     def __init__(self, args: Any, run: Run, root: Path) -> None:
         self.args = args
@@ -130,18 +203,11 @@ class Runs:
         self.root = root
         torch.manual_seed(0)
         self.initial = torchvision.models.resnet18(num_classes=10).state_dict()
-        n = (args.warmup + args.interval) * args.batch
+        n = (max(args.warmup + args.interval, args.event_steps)) * args.batch
         self.data = TensorDataset(torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,)))
-        #: Process CPU seconds per step of every timed run, by configuration.
-        self.cpu: dict[str, list[float]] = {"without": [], "with": []}
-        self.events: list[float] = []
-        self.events_cpu: list[float] = []
 
-    def train(
-        self, steps: int, first_timed: int, monitor: TimedMonitor | None
-    ) -> tuple[float, float]:
-        """Train ``steps`` steps; wall and process CPU seconds per step from batch
-        ``first_timed`` on."""
+    def train(self, layout: str, steps: int, first_timed: int, monitor: Callback | None) -> float:
+        """Train ``steps`` steps; wall seconds per step from batch ``first_timed`` on."""
         timer = WindowTimer(first_timed, Timer(self.run.device))
         trainer = Trainer(
             accelerator=self.run.device.type,
@@ -155,95 +221,98 @@ class Runs:
             enable_model_summary=False,
         )
         loader = DataLoader(self.data, batch_size=self.args.batch, shuffle=False)
-        trainer.fit(ResNetClassifier(self.initial), loader)
-        if monitor is not None:
-            self.events += monitor.event_seconds
-            self.events_cpu += monitor.event_cpu_seconds
-        wall, cpu = (end - start for end, start in zip(timer.end, timer.start, strict=True))
-        return wall / (steps - first_timed), cpu / (steps - first_timed)
+        trainer.fit(ResNetClassifier(self.initial, layout), loader)
+        return (timer.end[0] - timer.start[0]) / (steps - first_timed)
 
-    def timed(self, name: str) -> Callable[[], float]:
-        """A timed run of configuration ``name`` (``"with"`` the monitor or ``"without"``): it
-        returns the wall seconds per step and keeps the CPU seconds in :attr:`cpu`."""
 
-        def train() -> float:
-            monitor = TimedMonitor() if name == "with" else None
-            wall, cpu = self.train(self.args.warmup + self.args.interval, self.args.warmup, monitor)
-            self.cpu[name].append(cpu)
-            return wall
-
-        return train
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--repeats", type=int, default=3, help="pairs of runs (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of runs (default 3)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per run")
     parser.add_argument("--event-steps", type=int, default=6, help="steps of the event run")
     parser.add_argument(
         "--interval", type=int, default=50, help="log_every_n_steps, the timed steps per run"
     )
     parser.add_argument("--batch", type=int, default=16, help="images per step (default 16)")
+    parser.add_argument(
+        "--groups",
+        choices=["one", "per-tensor"],
+        default="one",
+        help="one: one param group; per-tensor: also 62 groups, one per tensor, side by side",
+    )
     args = parser.parse_args(argv)
     run = Run(args, __file__, argv)
+    names = ["one"] if args.groups == "one" else ["one", "per-tensor"]
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = Runs(args, run, Path(tmp))
-        # First, so that it also warms the process up (allocator, lazy initializations).
-        every_step = TimedMonitor(logging_interval=1)
-        runs.train(args.event_steps, 0, every_step)
-        assert every_step.tracker is not None
-        probes = every_step.tracker.probes.values()
-        probe_bytes = sum(p.history.nbytes() + p.positions.nbytes for p in probes)
-        probe_coordinates = sum(p.size for p in probes)
-        variants = {name: runs.timed(name) for name in ("without", "with")}
+        layouts = {name: Layout(name, runs) for name in names}
+        alone = None
+        for layout in layouts.values():
+            # First, so that they also warm the process up (allocator, lazy initializations).
+            layout.monitored(args.event_steps, 0, logging_interval=1)
+        if args.groups == "per-tensor":
+            alone = layouts["per-tensor"].monitored(
+                args.event_steps, 0, logging_interval=1, pool_groups=False
+            )
+        variants = {
+            f"{name} {kind}": layout.timed(kind == "with")
+            for name, layout in layouts.items()
+            for kind in ("without", "with")
+        }
         wall = interleaved(variants, args.repeats, lambda train: train(), warmup=0)
-    cpu = {name: Timing(tuple(seconds)) for name, seconds in runs.cpu.items()}
-    events, events_cpu = Timing(tuple(runs.events)), Timing(tuple(runs.events_cpu))
 
-    def per_step(name: str) -> str:
-        each = ", ".join(
-            f"{w * 1e3:.0f}/{c * 1e3:.0f}"
-            for w, c in zip(wall[name].samples, cpu[name].samples, strict=True)
-        )
-        return (
-            f"{wall[name].median * 1e3:.1f} ms wall, {cpu[name].median * 1e3:.1f} ms CPU "
-            f"(runs: {each})"
-        )
-
-    measured = [wall["with"].ratio(wall["without"]), cpu["with"].ratio(cpu["without"])]
-    estimated = [
-        events.ratio(wall["without"], per=args.interval),
-        events_cpu.ratio(cpu["without"], per=args.interval),
+    columns: dict[str, list[str]] = {}
+    overheads: dict[str, float] = {}
+    for name, layout in layouts.items():
+        without, with_ = wall[f"{name} without"], wall[f"{name} with"]
+        whole = Timing(tuple(layout.whole))
+        overheads[name] = whole.median / (args.interval * without.median)
+        columns[name] = [
+            _ms(statistics.median(layout.recordings)),
+            f"**{_ms(statistics.median(layout.events))}** (median of {len(layout.events)})",
+            f"{_ms(whole.median)} (runs: {', '.join(f'{s * 1e3:.1f}' for s in whole.samples)})",
+            f"{_ms(without.median)} (runs: {', '.join(f'{s * 1e3:.1f}' for s in without.samples)})",
+            f"**{overheads[name]:.2%}**",
+            f"{with_.ratio(without).median - 1:+.2%}",
+            f"{layout.probe_bytes / 2**20:.2f} MiB",
+        ]
+    labels = [
+        "recording, every step (median)",
+        "one logging event",
+        f"whole cost per window of {args.interval} steps: recordings and one event (median)",
+        "training step without the monitor (median)",
+        f"overhead: whole cost / ({args.interval} steps without)",
+        "measured directly: step with / step without - 1 (noisy)",
+        "probe memory",
     ]
-    rows = [
-        [
-            "one logging event, wall time",
-            f"**{events.median * 1e3:.1f} ms** (median of {len(events.samples)}, best "
-            f"{events.minimum * 1e3:.1f} ms)",
-        ],
-        ["one logging event, process CPU time", f"{events_cpu.median * 1e3:.1f} ms"],
-        [f"training step without the monitor (median of {args.repeats} runs)", per_step("without")],
-        [f"training step with the monitor (median of {args.repeats} runs)", per_step("with")],
-        [
-            "measured overhead, with / without - 1",
-            f"{measured[0].median - 1:+.2%} wall, {measured[1].median - 1:+.2%} CPU",
-        ],
-        [
-            f"estimated overhead at interval {args.interval}, event / ({args.interval} steps "
-            "without), of medians (of minima)",
-            f"**{ratio_cell(estimated[0], percent=True)}** wall, "
-            f"{ratio_cell(estimated[1], percent=True)} CPU",
-        ],
-        ["probe memory", f"{probe_bytes / 2**20:.2f} MiB ({probe_coordinates} coordinates)"],
-    ]
+    rows = [[label, *(columns[name][i] for name in names)] for i, label in enumerate(labels)]
     title = (
-        f"ResNet-18 (10 classes, 11.2 M parameters in one group), RAdam, batch {args.batch} of "
-        f"32x32, {args.interval} timed steps per run after {args.warmup}, TensorBoard logger; the "
-        "probe history starts full (the most expensive bootstrap):"
+        f"ResNet-18 (10 classes, 11.2 M parameters), RAdam, batch {args.batch} of 32x32, "
+        f"{args.interval} timed steps per run after {args.warmup}, {args.repeats} rounds, "
+        "TensorBoard logger, default monitor; the probe history starts full (the most expensive "
+        "bootstrap):"
     )
-    met = verdict("estimated overhead (wall)", estimated[0].median, TARGET_OVERHEAD, percent=True)
-    run.finish([title, markdown_table(["figure", "value"], rows), f"- {met}"])
+    parts = [title, markdown_table(["figure", *(LAYOUTS[n] for n in names)], rows)]
+    verdicts = [verdict("overhead, one group (wall)", overheads["one"], TARGET_OVERHEAD, True)]
+    if alone is not None:
+        many, one = layouts["per-tensor"], layouts["one"]
+        event = statistics.median(many.events) / statistics.median(one.events)
+        recording = statistics.median(many.recordings) / statistics.median(one.recordings)
+        verdicts += [
+            verdict("62 groups' event / one group's", event, TARGET_GROUPS),
+            verdict("62 groups' recording / one group's", recording, TARGET_GROUPS),
+            f"overhead, 62 groups (wall): {overheads['per-tensor']:.2%}",
+            "for comparison, the 62 groups monitored alone (`pool_groups=False`): an event of "
+            f"{_ms(statistics.median(alone.events))}, a recording of "
+            f"{_ms(statistics.median(alone.recordings))}, a probe of "
+            f"{alone.probe_bytes() / 2**20:.2f} MiB",
+        ]
+    run.finish([*parts, "\n".join(f"- {v}" for v in verdicts)])
 
 
 if __name__ == "__main__":

@@ -93,6 +93,20 @@ def test_summarize_draws_takes_medians_over_live_coordinates():
     assert all(math.isnan(x) for x in stats.summarize_draws(var, mean, limit, dead))
 
 
+def test_weight_sums_of_a_large_group_count_eps_dominated_on_the_sample():
+    """200000 elements, 30% of them 0: the share below eps from the sample of 65536 (scaled to
+    the count) within 4 standard errors; the count and extrema exact."""
+    v = torch.rand(200_000, generator=torch.Generator().manual_seed(3)) + 1e-3
+    v[torch.randperm(200_000, generator=torch.Generator().manual_seed(4))[:60_000]] = 0.0
+    state = {"exp_avg_sq": v, "step": torch.tensor(5.0)}
+    sums, extrema = stats.weight_sums([state], 0.99, 1e-8, 1, torch.device("cpu"))
+    assert sums[stats.COUNT] == 200_000
+    share = float(sums[stats.EPS_DOMINATED]) / 200_000
+    assert share == pytest.approx(0.3, abs=4 * math.sqrt(0.3 * 0.7 / 65_536))
+    assert float(sums[stats.BUCKETS :].sum()) == pytest.approx(200_000, rel=1e-9)
+    assert float(extrema[1]) == pytest.approx(math.sqrt(1 - 0.99**5) / 1e-8, rel=1e-9)
+
+
 def test_weight_sums_leave_out_nonfinite_and_count_eps_dominated_exactly():
     v = torch.tensor([0.0, 1e-20, 4e-16, 1e-4, math.nan, math.inf, 2.5e-3, 1e-17])
     eps, beta2, step = 1e-8, 0.99, 3

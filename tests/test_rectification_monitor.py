@@ -99,8 +99,8 @@ def test_torch_adam_every_five_steps(tmp_path):
 
 
 def test_histogram_of_a_large_group_counts_a_random_sample(tmp_path):
-    """70003 elements > 65536: buckets, sum and sum of squares of a random half, scaled; num, min,
-    max, the eps-dominated share exact."""
+    """70003 elements > 65536: buckets, sum, sum of squares and the eps-dominated share of a
+    random half, scaled; num, min, max exact."""
     _, accumulator, reference = fit(
         tmp_path, Regressor(hidden=7000), RectificationMonitor(logging_interval=4), max_steps=8
     )

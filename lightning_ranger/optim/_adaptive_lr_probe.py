@@ -101,6 +101,9 @@ class ProbeHistory:
     """The gradients of the last ``capacity`` optimizer steps at the probe coordinates one rank
     holds, and which of them have been nonzero and finite at every step so far.
 
+    Recording a step is one copy: the recorded gradients are checked in one go when
+    :attr:`alive` is read or before an unchecked row is overwritten.
+
     Args:
         size: how many probe coordinates this rank holds.
         capacity: how many steps to keep (the oldest is overwritten).
@@ -110,23 +113,43 @@ class ProbeHistory:
 
     def __init__(self, size: int, capacity: int, device: torch.device) -> None:
         self.values = torch.zeros(capacity, size, dtype=torch.float32, device=device)
-        self.alive = torch.ones(size, dtype=torch.bool, device=device)
+        self._alive = torch.ones(size, dtype=torch.bool, device=device)
         self.recorded = 0
+        self._checked = 0  # the steps recorded before this one are folded into `_alive`
 
     @property
     def pool(self) -> Tensor:
         """``[min(recorded, capacity), size]``: the kept gradients (in no particular order)."""
         return self.values[: min(self.recorded, self.values.shape[0])]
 
+    @property
+    def alive(self) -> Tensor:
+        """``[size]``: whether each coordinate's gradient has been nonzero and finite at every
+        recorded step."""
+        pending = self.recorded - self._checked
+        if pending:
+            rows = torch.arange(self._checked, self.recorded, device=self.values.device)
+            recent = self.values[rows % self.values.shape[0]]
+            self._alive &= (torch.isfinite(recent) & (recent != 0)).all(dim=0)
+            self._checked = self.recorded
+        return self._alive
+
     def record(self, gradients: Tensor) -> None:
-        """Keep one step's gradients (``[size]``, any float dtype). Coordinates whose gradient is
-        zero or not finite are no longer alive; the values are kept as they are."""
-        self.values[self.recorded % self.values.shape[0]] = gradients
-        self.alive &= torch.isfinite(gradients) & (gradients != 0)
+        """Keep one step's gradients (``[size]``, any float dtype), as they are."""
+        capacity = self.values.shape[0]
+        if self.recorded - self._checked >= capacity:  # the row to overwrite is unchecked
+            self.alive  # noqa: B018 (checks the pending rows)
+        self.values[self.recorded % capacity] = gradients
         self.recorded += 1
 
+    def restore(self, values: Tensor, alive: Tensor, recorded: int) -> None:
+        """Take the kept gradients, liveness and count of a saved history."""
+        self.values.copy_(values)
+        self._alive.copy_(alive)
+        self.recorded = self._checked = recorded
+
     def nbytes(self) -> int:
-        return self.values.nbytes + self.alive.nbytes
+        return self.values.nbytes + self._alive.nbytes
 
 
 class Probe:

@@ -4,6 +4,7 @@ holds them. Plain PyTorch."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,10 +77,15 @@ class TrackedGroup:
         first step; under FSDP1 none of a parameter without elements on this rank)."""
         return [s for s in map(self.optimizer.state.get, self.params) if s]
 
-    def latest_step(self) -> float | None:
-        """The largest optimizer ``step`` in this rank's states of the group, if any."""
-        steps = [float(s["step"]) for s in self.states() if "step" in s]
-        return max(steps) if steps else None
+    def latest_step(self, after: float = -math.inf) -> float | None:
+        """The optimizer ``step`` of this rank's states of the groups, ``None`` without state:
+        the first state's when it is past ``after`` (a new step, told without reading the
+        others), else the largest."""
+        steps = (float(s["step"]) for s in self.states() if "step" in s)
+        first = next(steps, None)
+        if first is None or first > after:
+            return first
+        return max(first, max(steps, default=first))
 
 
 def untrackable(optimizer: Optimizer) -> str | None:

@@ -168,7 +168,7 @@ class RectificationTracker:
         """Keep the probe's gradients of every group that took an optimizer step since the last
         call: call it after every ``optimizer.step()``, before the next ``zero_grad()``."""
         for group, probe in self.probes.items():
-            step = group.latest_step()
+            step = group.latest_step(after=probe.last_step)
             # A rank that holds none of the group's state (FSDP1) counts the steps with the others.
             probe.record(probe.last_step + 1.0 if step is None else step)
 
@@ -295,8 +295,10 @@ class RectificationTracker:
             raise ValueError("The tracker state holds probes of other param groups")
         for probe, group in pairs:
             positions = probe.positions.cpu()
-            history = probe.history
-            history.values.copy_(group["values"][:, positions].to(history.values.device))
-            history.alive.copy_(group["alive"][positions].to(history.alive.device))
-            history.recorded = int(group["recorded"])
+            device = probe.history.values.device
+            probe.history.restore(
+                group["values"][:, positions].to(device),
+                group["alive"][positions].to(device),
+                int(group["recorded"]),
+            )
             probe.last_step = float(group["last_step"])

@@ -275,7 +275,10 @@ def check_group(
         mean_rel, var_rel = (0.02, 0.1) if sampled else (1e-4, 1e-3)
         assert series["adaptive_lr_mean"][step] == pytest.approx(expected["mean"], rel=mean_rel)
         assert series["adaptive_lr_var"][step] == pytest.approx(expected["var"], rel=var_rel)
-        assert series["eps_dominated_fraction"][step] == pytest.approx(expected["eps_dominated"])
+        # From the sample of a large group: within 4 standard errors of a share (0.5 / 256).
+        eps_abs = 0.008 if sampled else 1e-12
+        got = series["eps_dominated_fraction"][step]
+        assert got == pytest.approx(expected["eps_dominated"], rel=1e-6, abs=eps_abs)
         assert series["nonfinite_fraction"][step] == 0.0
         # Each quantile q lies, within a histogram bucket (10%), between the order statistics
         # around q * n (conventions differ by one element on a small group).
