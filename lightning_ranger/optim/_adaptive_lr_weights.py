@@ -5,7 +5,9 @@ PyTorch.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import math
 import sys
 from collections.abc import Sequence
@@ -162,14 +164,13 @@ def histogram_quantiles(
         True
 
     """
-    cumulative = torch.tensor(counts, dtype=torch.float64).cumsum(0)
-    total = float(cumulative[-1])
+    cumulative = list(itertools.accumulate(counts))
+    total = cumulative[-1]
     out = []
     for q in quantiles:
         target = q * total
-        i = int(torch.searchsorted(cumulative, torch.tensor(target, dtype=torch.float64)))
-        i = min(i, len(counts) - 1)
-        before = float(cumulative[i - 1]) if i > 0 else 0.0
+        i = min(bisect.bisect_left(cumulative, target), len(counts) - 1)
+        before = cumulative[i - 1] if i > 0 else 0.0
         left = max(BUCKET_LIMITS[i - 1] if i > 0 else low, low)
         right = min(BUCKET_LIMITS[i], high)
         right = max(right, left)
