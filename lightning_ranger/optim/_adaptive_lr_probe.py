@@ -134,12 +134,19 @@ class ProbeHistory:
             self._checked = self.recorded
         return self._alive
 
-    def record(self, gradients: Tensor) -> None:
-        """Keep one step's gradients (``[size]``, any float dtype), as they are."""
+    def next_row(self) -> Tensor:
+        """The row that the next step's gradients go to (checked first if it holds an unchecked
+        step): fill it, then :meth:`record` the step."""
         capacity = self.values.shape[0]
-        if self.recorded - self._checked >= capacity:  # the row to overwrite is unchecked
+        if self.recorded - self._checked >= capacity:
             self.alive  # noqa: B018 (checks the pending rows)
-        self.values[self.recorded % capacity] = gradients
+        return self.values[self.recorded % capacity]
+
+    def record(self, gradients: Tensor | None = None) -> None:
+        """Keep one step's gradients: ``gradients`` (``[size]``, any float dtype), as they are,
+        or, with ``None``, those written into :meth:`next_row`."""
+        if gradients is not None:
+            self.next_row().copy_(gradients)
         self.recorded += 1
 
     def restore(self, values: Tensor, alive: Tensor, recorded: int) -> None:
@@ -220,18 +227,29 @@ class Probe:
 
     def gradients(self) -> Tensor:
         """This rank's probe coordinates of the current ``.grad`` (NaN where there is none)."""
-        parts = []
+        out = torch.empty(self.positions.numel(), device=self.positions.device)
+        self._gather(out)
+        return out
+
+    def _gather(self, out: Tensor) -> None:
+        """Write this rank's probe coordinates of the current ``.grad`` into ``out`` (float32)."""
+        start = 0
         for param, index in self.reads:
+            part = out[start : start + index.numel()]
+            start += index.numel()
             grad = param.grad
             if grad is None:
-                parts.append(torch.full((index.numel(),), math.nan, device=index.device))
+                part.fill_(math.nan)
                 continue
             local = grad.to_local() if isinstance(grad, DTensor) else grad
-            parts.append(torch.take(local, index))  # flat, row-major indices, whatever the strides
-        return torch.cat(parts).float() if parts else torch.zeros(0, device=self.positions.device)
+            if local.dtype == out.dtype:  # flat, row-major indices, whatever the strides
+                torch.take(local, index, out=part)
+            else:
+                part.copy_(torch.take(local, index))
 
     def record(self, step: float) -> None:
         """Keep the current gradients if ``step`` is a new optimizer step."""
         if step > self.last_step:
-            self.history.record(self.gradients())
+            self._gather(self.history.next_row())
+            self.history.record()
             self.last_step = step

@@ -31,6 +31,9 @@ BUCKET_LIMITS.append(sys.float_info.max)
 #: group, scaled to its size; the other sums cover every element.
 HISTOGRAM_SAMPLES = 2**16
 
+#: A tensor of at most this many sample picks is read whole (with the others of its kind).
+_SMALL_PICKS = 8
+
 #: Layout of the rows of :func:`weight_sums`: finite count, sum, sum of squares of ``l_t``,
 #: elements with ``sqrt(v_t) < eps``, non-finite elements, then the bucket counts.
 COUNT, SUM, SUM_SQ, EPS_DOMINATED, NONFINITE, BUCKETS = range(6)
@@ -67,17 +70,27 @@ def weight_sums(
     sums = torch.zeros(BUCKETS + len(BUCKET_LIMITS), dtype=torch.float64, device=device)
     row = [0.0] * BUCKETS
     lr_low, lr_high = math.inf, -math.inf
-    # Per tensor, only what needs its every element (the extrema) and the sample's gather; the
-    # samples of all tensors are then taken in one go.
-    samples, lengths, scales, corrections, thresholds = [], [], [], [], []
+    entries = []  # (local values, weight, step, read whole)
     for state in states:
         exp_avg_sq = state["exp_avg_sq"]
         if isinstance(exp_avg_sq, DTensor):
             v, weight = exp_avg_sq.to_local().reshape(-1), dtensor_weight(exp_avg_sq, world_size)
         else:
             v, weight = exp_avg_sq.reshape(-1), 1.0 / world_size
-        if v.numel() == 0:  # an empty shard of a small parameter
-            continue
+        if v.numel():  # not an empty shard of a small parameter
+            entries.append((v, weight, float(state["step"]), sampling_factor == 1))
+    # Tensors of a few sample picks each (biases, norms) are read whole, as one: one pass where
+    # there would be one per tensor.
+    small = [e for e in entries if e[0].numel() <= _SMALL_PICKS * sampling_factor]
+    if len(small) > 1 and len({(e[0].dtype, e[1], e[2]) for e in small}) == 1:
+        _, weight, step, _ = small[0]
+        joined = (torch.cat([e[0] for e in small]), weight, step, True)
+        entries = [e for e in entries if e[0].numel() > _SMALL_PICKS * sampling_factor]
+        entries.append(joined)
+    # Per entry, only what needs its every element (the extrema) and the sample's gather; the
+    # samples of all entries are then taken in one go.
+    samples, lengths, scales, corrections, thresholds = [], [], [], [], []
+    for v, weight, step, whole in entries:
         low, high = (x.item() for x in torch.aminmax(v))  # NaN if any entry is NaN
         if not (low >= 0.0 and math.isfinite(high)):  # the slow path: leave out the bad entries
             finite = torch.isfinite(v) & (v >= 0)
@@ -86,15 +99,14 @@ def weight_sums(
             if v.numel() == 0:
                 continue
             low, high = (x.item() for x in torch.aminmax(v))
-        step = float(state["step"])
         bias_correction = math.sqrt(-math.expm1(step * math.log(beta2)) if beta2 > 0 else 1.0)
         row[COUNT] += v.numel() * weight
         # l_t falls as v_t grows: its extrema come from those of v_t.
         lr_low = min(lr_low, _adaptive_lr(bias_correction, high, eps))
         lr_high = max(lr_high, _adaptive_lr(bias_correction, low, eps))
-        if sampling_factor > 1:
+        if not whole:
             picks = math.ceil(v.numel() / sampling_factor)
-            samples.append(v[_sample_positions(v.numel(), picks, v.device)])
+            samples.append(torch.take(v, _sample_positions(v.numel(), picks, v.device)))
         else:
             samples.append(v)
         lengths.append(samples[-1].numel())

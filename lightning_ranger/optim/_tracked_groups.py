@@ -81,7 +81,8 @@ class TrackedGroup:
         """The optimizer ``step`` of this rank's states of the groups, ``None`` without state:
         the first state's when it is past ``after`` (a new step, told without reading the
         others), else the largest."""
-        steps = (float(s["step"]) for s in self.states() if "step" in s)
+        states = (s for s in map(self.optimizer.state.get, self.params) if s)  # lazily
+        steps = (float(s["step"]) for s in states if "step" in s)
         first = next(steps, None)
         if first is None or first > after:
             return first
