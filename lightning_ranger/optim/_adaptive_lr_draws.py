@@ -114,14 +114,16 @@ def draw_statistics(
         if length == t_limit
         else _replicate_weights(len(pool), length, t_limit, beta2, replicates, seed)
     )
-    # Both estimates in one product and one pass: [2, replicates, coordinates].
+    # Both estimates in one product, [coordinates, 2, replicates]: each replicate set contiguous.
     weights = torch.cat([current, limit]).to(squares.device, torch.float32)
-    v_hat = (weights @ squares).view(2, replicates, -1)
+    v_hat = (squares.T @ weights.T).view(-1, 2, replicates)
     eps_hat = torch.tensor([eps / math.sqrt(bias_correction), eps], device=squares.device)
-    lr = (v_hat.sqrt_() + eps_hat.view(2, 1, 1)).reciprocal_()
-    var_both, mean_both = torch.var_mean(lr, dim=1)
-    var, var_limit = var_both.double()
-    mean = mean_both[0].double()
+    lr = (v_hat.sqrt_() + eps_hat.view(2, 1)).reciprocal_()
+    # Two passes (torch.var_mean over this layout is ten times slower on the CPU).
+    means = lr.mean(dim=2, keepdim=True)
+    variances = (lr - means).square_().sum(dim=2) / max(replicates - 1, 1)
+    var, var_limit = variances.double().T
+    mean = means[:, 0, 0].double()
     return DrawStatistics(var=var, mean=mean, var_limit=var_limit)
 
 
