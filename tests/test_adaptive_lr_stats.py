@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lightning_ranger.optim import _adaptive_lr_weights as _weights
 from lightning_ranger.optim import adaptive_lr as stats
 from lightning_ranger.optim.rectification import rectification
 
@@ -91,6 +92,22 @@ def test_summarize_draws_takes_medians_over_live_coordinates():
     assert stats.summarize_draws(var, mean, limit, alive) == (2.0, 1.0)
     dead = torch.zeros(5, dtype=torch.bool)
     assert all(math.isnan(x) for x in stats.summarize_draws(var, mean, limit, dead))
+
+
+def test_bucket_indices_equal_bucketize_at_and_beside_every_limit():
+    limits = torch.tensor(stats.BUCKET_LIMITS, dtype=torch.float64)
+    geometric = limits[:-1]
+    values = torch.cat(
+        [
+            geometric,
+            torch.nextafter(geometric, torch.zeros_like(geometric)),
+            torch.nextafter(geometric, torch.full_like(geometric, math.inf)),
+            torch.exp(torch.randn(10_000, generator=torch.Generator().manual_seed(5)) * 20),
+            torch.tensor([0.0, 1e-300, 1e20, 1e25, 1e300, math.inf]),
+        ]
+    ).double()
+    expected = torch.bucketize(values, limits).clamp(max=len(limits) - 1)
+    assert torch.equal(_weights.bucket_indices(values, limits), expected)
 
 
 def test_weight_sums_of_a_large_group_count_eps_dominated_on_the_sample():
