@@ -24,7 +24,8 @@ learning rate ``sqrt(1 - beta2^t) / (sqrt(v_t) + eps)`` of one coordinate; the s
                                                   how noisy the adaptive lr is
 ``rectification/adaptive_lr_p05{sfx}`` (``p50``,  quantiles of ``l_t`` over all elements (within
 ``p95``, or as ``quantiles`` says)                10%)
-``rectification/eps_dominated_fraction{sfx}``     share of elements with ``sqrt(v_t) < eps``, exact
+``rectification/eps_dominated_fraction{sfx}``     share of elements with ``sqrt(v_t) < eps``
+                                                  (from a sample above 65536 elements)
 ``rectification/nonfinite_fraction{sfx}``         share of elements with a non-finite ``v_t``
                                                   (left out of every other statistic)
 ``rectification/adaptive_lr_mean{sfx}``           mean of ``l_t`` over all elements (weights with
@@ -84,12 +85,13 @@ class RectificationMonitor(Callback):
     batches), for the last ``probe_history`` steps; at a logging event ``v_t`` is bootstrapped
     from them (:func:`lightning_ranger.optim.adaptive_lr.draw_statistics`) and the medians are
     taken over the probe coordinates whose gradient has been nonzero and finite at every step so
-    far. The spread over the weights (quantiles, the share of ``eps``-dominated elements, mean,
-    variance, histogram) is computed from ``exp_avg_sq`` over every element. TensorBoard loggers
-    (of ``lightning.pytorch`` or ``pytorch_lightning``) also get the histogram and a custom-scalars
-    layout (tab *Custom Scalars*): ``rho_t`` with its threshold, ``r_t`` with the linear warmup,
-    and the base-10 logarithms of the variance ratio with ``1 / r_t^2`` and the rectified ratio,
-    and of the quantiles (readable on TensorBoard's default linear axes).
+    far. The spread over the weights is computed from ``exp_avg_sq``: the extrema over every
+    element, the quantiles, the share of ``eps``-dominated elements, mean, variance and histogram
+    over every element of a group of up to 65536, from a uniform sample of a larger one.
+    TensorBoard loggers (of ``lightning.pytorch`` or ``pytorch_lightning``) also get the histogram
+    and a custom-scalars layout (tab *Custom Scalars*): ``rho_t`` with its threshold, ``r_t`` with
+    the linear warmup, and the base-10 logarithms of the variance ratio with ``1 / r_t^2`` and the
+    rectified ratio, and of the quantiles (readable on TensorBoard's default linear axes).
 
     Names are ``rectification/<metric>{sfx}``; the suffix ``{sfx}`` follows
     :class:`~lightning.pytorch.callbacks.LearningRateMonitor`: ``/pg{i}`` (``i`` from 1) for a

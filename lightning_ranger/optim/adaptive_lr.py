@@ -5,18 +5,19 @@ Two kinds, both plain PyTorch (nothing here imports Lightning):
 - **Over the draw of the minibatches** (the variance that RAdam rectifies, Liu et al. 2020): for a
   small fixed *probe* of coordinates, the gradients of the last optimizer steps are kept
   (:class:`ProbeHistory`) and ``v_t`` is bootstrapped from them under the EMA weights of Adam
-  (:func:`draw_statistics`): each replicate draws ``t`` gradients with replacement from the
-  recorded ones and weighs them as Adam weighs ``g_1 .. g_t``. The variance of ``l_t`` over the
-  replicates estimates ``Var_draws[l_t]``; the same with ``t_limit = ceil(10 / (1 - beta2))``
-  draws (where ``beta2^t`` is below ``e^-10``) estimates ``Var_draws[l_limit]``, the variance once
-  the EMA has converged. The draw indices are shared by all coordinates, so a replicate's weight of
+  (:func:`draw_statistics`): each replicate draws ``t_limit = ceil(10 / (1 - beta2))`` gradients
+  with replacement from the recorded ones (past ``t_limit`` steps, ``beta2^t`` is below
+  ``e^-10``), and weighs those of the last ``min(t, t_limit)`` steps as Adam weighs
+  ``g_1 .. g_t``. The variance of ``l_t`` over the replicates estimates ``Var_draws[l_t]``; over
+  all ``t_limit`` draws it estimates ``Var_draws[l_limit]``, the variance once the EMA has
+  converged. The draw indices are shared by all coordinates, so a replicate's weight of
   each recorded gradient is summed once (a ``replicates x history`` matrix) and ``v_t`` of every
   coordinate is one matrix product: an estimate costs ``O(replicates * history * probe)``, whatever
   ``t`` and ``beta2``.
 - **Over the weights** (:func:`weight_sums`, :func:`histogram_quantiles`): the exact counts of
-  elements with ``sqrt(v_t) < eps`` and of non-finite ``v_t``, the extrema of ``l_t``, and, from a
-  uniform sample of a large group, the sum and sum of squares of ``l_t`` and histogram counts
-  from which quantiles are interpolated.
+  finite and non-finite ``v_t`` and the extrema of ``l_t``, and, from a uniform sample of a large
+  group, the count of ``sqrt(v_t) < eps``, the sum and sum of squares of ``l_t`` and histogram
+  counts from which quantiles are interpolated.
 
 Every function returns partial sums that add up over ranks, so that sharded optimizer states
 (DTensor shards, FSDP1 flat shards) give the values of a single process. A param group's
