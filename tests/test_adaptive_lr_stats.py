@@ -198,6 +198,20 @@ def whole_and_sliced(steps: int = 5, seed: int = 0):
     return whole_probe, probes, whole_states, sliced_states
 
 
+def test_probe_history_remembers_a_dead_coordinate_after_its_row_is_overwritten():
+    """Liveness is checked lazily: a zero gradient of a row that the ring buffer overwrites before
+    anyone reads `alive` still kills its coordinate, and a NaN one read later does too."""
+    history = stats.ProbeHistory(size=3, capacity=2, device=torch.device("cpu"))
+    rows = [[1.0, 0.0, 1.0], [1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, math.nan]]
+    for row in rows[:3]:  # the third overwrites the first, with its zero, unread
+        history.record(torch.tensor(row))
+    assert history.pool.tolist() == [rows[2], rows[1]]
+    assert history.alive.tolist() == [True, False, True]
+    history.next_row().copy_(torch.tensor(rows[3]))  # filled in place, then counted
+    history.record()
+    assert history.recorded == 4 and history.alive.tolist() == [True, False, False]
+
+
 def test_probe_reads_its_coordinates_and_records_each_step_once():
     params = [torch.nn.Parameter(torch.zeros(shape)) for shape in SHAPES]
     probe = stats.Probe(params, 6, capacity=3, world_size=1)

@@ -94,6 +94,23 @@ def _tracked_run(
     return tracker, tracker.compute()
 
 
+def test_update_records_each_optimizer_step_once_when_the_first_parameter_lags() -> None:
+    """The first parameter sits out a step (no gradient, so its state's step lags): every
+    optimizer step is still recorded once, and calls without a step record nothing."""
+    first, second = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    optimizer = RAdam([first, second], lr=1e-2)
+    tracker = RectificationTracker(optimizer, probe_size=6)
+    (probe,) = tracker.probes.values()
+    for step, uses_first in enumerate([True, False, False, True, True], start=1):
+        optimizer.zero_grad()
+        ((first.sum() if uses_first else 0.0) + second.square().sum()).backward()
+        optimizer.step()
+        tracker.update()
+        tracker.update()  # no new step
+        assert probe.history.recorded == step
+    assert [float(optimizer.state[p]["step"]) for p in (first, second)] == [3.0, 5.0]
+
+
 def test_groups_that_differ_only_in_lr_are_tracked_as_one() -> None:
     """Per-tensor groups (as a layer-wise lr decay makes them) with the same beta2, eps and
     threshold: one probe of `probe_size` coordinates, and, at equal lrs, the one-group values bit
