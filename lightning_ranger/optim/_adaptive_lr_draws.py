@@ -27,7 +27,7 @@ def limit_steps(beta2: float) -> int:
     return math.ceil(10.0 / (1.0 - beta2) - 1e-9)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)  # 2.5 MB each at beta2 = 0.999, 25 MB at 0.9999
 def _draws(pool: int, length: int, replicates: int, seed: int) -> Tensor:
     """``[replicates, length]`` draws with replacement from ``range(pool)``, column ``k`` for the
     gradient ``k`` steps back; kept between logging events (2 bytes a draw while ``pool`` fits
