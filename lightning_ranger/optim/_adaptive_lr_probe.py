@@ -126,20 +126,23 @@ class ProbeHistory:
     def alive(self) -> Tensor:
         """``[size]``: whether each coordinate's gradient has been nonzero and finite at every
         recorded step."""
-        pending = self.recorded - self._checked
-        if pending:
+        self._check_pending()
+        return self._alive
+
+    def _check_pending(self) -> None:
+        """Fold the steps recorded since the last check into :attr:`alive`."""
+        if self.recorded > self._checked:
             rows = torch.arange(self._checked, self.recorded, device=self.values.device)
             recent = self.values[rows % self.values.shape[0]]
             self._alive &= (torch.isfinite(recent) & (recent != 0)).all(dim=0)
             self._checked = self.recorded
-        return self._alive
 
     def next_row(self) -> Tensor:
         """The row that the next step's gradients go to (checked first if it holds an unchecked
         step): fill it, then :meth:`record` the step."""
         capacity = self.values.shape[0]
         if self.recorded - self._checked >= capacity:
-            self.alive  # noqa: B018 (checks the pending rows)
+            self._check_pending()
         return self.values[self.recorded % capacity]
 
     def record(self, gradients: Tensor | None = None) -> None:
@@ -227,7 +230,7 @@ class Probe:
 
     def gradients(self) -> Tensor:
         """This rank's probe coordinates of the current ``.grad`` (NaN where there is none)."""
-        out = torch.empty(self.positions.numel(), device=self.positions.device)
+        out = torch.empty(self.positions.numel(), dtype=torch.float32, device=self.positions.device)
         self._gather(out)
         return out
 
