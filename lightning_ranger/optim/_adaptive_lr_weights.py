@@ -130,16 +130,10 @@ def weight_sums(
         return sums, extrema
     sample = torch.cat(samples).to(device, torch.float64)
     counts = torch.tensor(lengths, device=device)
-    multiplier = torch.tensor(scales, dtype=torch.float64, device=device)
-    multiplier = multiplier.repeat_interleave(counts, output_size=len(sample))
-    correction: float | Tensor = corrections[0]
-    if any(c != corrections[0] for c in corrections):  # states at different steps
-        correction = torch.tensor(corrections, dtype=torch.float64, device=device)
-        correction = correction.repeat_interleave(counts, output_size=len(sample))
-    threshold: float | Tensor = thresholds[0]
-    if any(x != thresholds[0] for x in thresholds):  # float64 and other dtypes
-        threshold = torch.tensor(thresholds, dtype=torch.float64, device=device)
-        threshold = threshold.repeat_interleave(counts, output_size=len(sample))
+    multiplier = _per_sample(scales, counts, len(sample))
+    # The same for every sample, mostly: states at different steps, float64 beside other dtypes.
+    correction = _shared_or_per_sample(corrections, counts, len(sample))
+    threshold = _shared_or_per_sample(thresholds, counts, len(sample))
     sums[EPS_DOMINATED] = torch.dot((sample < threshold).double(), multiplier)
     lr = correction / (sample.sqrt() + eps)
     limits = torch.tensor(BUCKET_LIMITS, dtype=torch.float64, device=device)
@@ -148,6 +142,20 @@ def weight_sums(
     sums[SUM] = torch.dot(lr, multiplier)
     sums[SUM_SQ] = torch.dot(lr.square(), multiplier)
     return sums, extrema
+
+
+def _per_sample(values: Sequence[float], counts: Tensor, total: int) -> Tensor:
+    """Each entry's value repeated over its ``counts`` samples (float64, on ``counts``'s
+    device)."""
+    per_entry = torch.tensor(values, dtype=torch.float64, device=counts.device)
+    return per_entry.repeat_interleave(counts, output_size=total)
+
+
+def _shared_or_per_sample(values: Sequence[float], counts: Tensor, total: int) -> float | Tensor:
+    """The value all entries share, else :func:`_per_sample`."""
+    if all(v == values[0] for v in values):
+        return values[0]
+    return _per_sample(values, counts, total)
 
 
 def bucket_indices(values: Tensor, limits: Tensor) -> Tensor:
