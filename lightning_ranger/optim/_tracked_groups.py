@@ -5,7 +5,7 @@ holds them. Plain PyTorch."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,14 +75,16 @@ class TrackedGroup:
     def states(self) -> list[State]:
         """The optimizer states of the groups' parameters that this rank holds (none before the
         first step; under FSDP1 none of a parameter without elements on this rank)."""
-        return [s for s in map(self.optimizer.state.get, self.params) if s]
+        return list(self._held_states())
+
+    def _held_states(self) -> Iterator[State]:
+        return (s for s in map(self.optimizer.state.get, self.params) if s)
 
     def latest_step(self, after: float = -math.inf) -> float | None:
         """The optimizer ``step`` of this rank's states of the groups, ``None`` without state:
         the first state's when it is past ``after`` (a new step, told without reading the
         others), else the largest."""
-        states = (s for s in map(self.optimizer.state.get, self.params) if s)  # lazily
-        steps = (float(s["step"]) for s in states if "step" in s)
+        steps = (float(s["step"]) for s in self._held_states() if "step" in s)  # read lazily
         first = next(steps, None)
         if first is None or first > after:
             return first
