@@ -164,16 +164,17 @@ class Layout:
         self.whole: list[float] = []  # the monitor's seconds per timed window
         self.probe_bytes = 0
 
-    def monitored(self, steps: int, first: int, **kwargs: Any) -> TimedMonitor:
-        """Train ``steps`` steps with the monitor, keeping what its calls from batch ``first``
-        took."""
+    def monitored(self, steps: int, first: int, **kwargs: Any) -> tuple[TimedMonitor, float]:
+        """Train ``steps`` steps with the monitor timing its calls from batch ``first``: the
+        monitor and the wall seconds per step from that batch on."""
         monitor = TimedMonitor(first, **kwargs)
-        self.runs.train(self.name, steps, first, monitor)
-        if monitor.pool_groups:
-            self.events += monitor.events
-            self.recordings += monitor.recordings
-            self.probe_bytes = monitor.probe_bytes()
-        return monitor
+        return monitor, self.runs.train(self.name, steps, first, monitor)
+
+    def keep(self, monitor: TimedMonitor) -> None:
+        """Count the events, recordings and probe of a run with the default monitor."""
+        self.events += monitor.events
+        self.recordings += monitor.recordings
+        self.probe_bytes = monitor.probe_bytes()
 
     def timed(self, with_monitor: bool) -> Callable[[], float]:
         """A timed run: wall seconds per step of its window."""
@@ -183,10 +184,8 @@ class Layout:
             steps = args.warmup + args.interval
             if not with_monitor:
                 return self.runs.train(self.name, steps, args.warmup, None)
-            monitor = TimedMonitor(args.warmup)
-            wall = self.runs.train(self.name, steps, args.warmup, monitor)
-            self.events += monitor.events
-            self.recordings += monitor.recordings
+            monitor, wall = self.monitored(steps, args.warmup)
+            self.keep(monitor)
             self.whole.append(sum(monitor.calls))
             return wall
 
@@ -254,9 +253,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         alone = None
         for layout in layouts.values():
             # First, so that they also warm the process up (allocator, lazy initializations).
-            layout.monitored(args.event_steps, 0, logging_interval=1)
+            layout.keep(layout.monitored(args.event_steps, 0, logging_interval=1)[0])
         if args.groups == "per-tensor":
-            alone = layouts["per-tensor"].monitored(
+            alone, _ = layouts["per-tensor"].monitored(
                 args.event_steps, 0, logging_interval=1, pool_groups=False
             )
         variants = {
